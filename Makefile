@@ -1,0 +1,30 @@
+# The two commands: `make run` (pretrain the tiny default on CPU) and `make test` (the test suite).
+# Both create the virtual environment from this project's own files first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONSTRAINTS ?= constraints/cpu-py311.txt
+STAMP := $(VENV)/.hetron-installed
+
+.PHONY: venv run test bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS) $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel pybind11
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	touch $(STAMP)
+
+run: venv
+	$(VENV)/bin/hetron train $(ARGS)
+
+# pytest exits 5 when it collected no tests: that is a failure here.
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: venv
+	$(PY) benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)
