@@ -21,6 +21,7 @@ run: venv
 
 # pytest exits 5 when it collected no tests: that is a failure here.
 test: venv
+	scripts/slurm-local.sh start-for-tests
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: venv
