@@ -1,0 +1,69 @@
+"""The callable submitit runs in every task: export the torch.distributed environment, run `hetron train`
+as this task's rank, and on preemption or time-out requeue the job (a bounded number of times) so it
+resumes from the newest complete checkpoint in its run folder.
+
+A job that fails for its own reasons (an exception, a non-zero exit) raises: submitit records the error,
+Slurm marks the job FAILED, and nothing requeues it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import submitit
+
+from launch.slurm_env import distributed_env_from_submitit
+
+
+class TrainingFailed(RuntimeError):
+    """`hetron train` returned a non-zero exit code inside the job."""
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.iterdir())
+
+
+class TrainingJob(submitit.helpers.Checkpointable):
+    def __init__(self, train_argv: list[str], run_dir: str, max_requeues: int) -> None:
+        self.train_argv = list(train_argv)
+        self.run_dir = run_dir
+        self.max_requeues = max_requeues
+
+    def __call__(self) -> dict:
+        import torch
+
+        from pretrain.cli import main as hetron_main
+
+        env = distributed_env_from_submitit(cuda_available=torch.cuda.is_available())
+        os.environ.update(env.as_environ())
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        print(f"hetron job: {env.describe()}, restart {restarts}, run folder {self.run_dir}", file=sys.stderr,
+              flush=True)
+        code = hetron_main(["train", *self.train_argv])
+        if code != 0:
+            raise TrainingFailed(f"hetron train exited with code {code} on rank {env.rank} "
+                                 f"(run folder {self.run_dir}); its error is in the lines above")
+        return {"run_dir": self.run_dir, "rank": env.rank, "restarts": restarts}
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission | None:
+        """Called by submitit on rank 0 when the job is preempted or about to time out."""
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if restarts >= self.max_requeues:
+            print(f"hetron job: not requeued: already requeued {restarts} time(s), the limit "
+                  f"(--max-requeues {self.max_requeues})", file=sys.stderr, flush=True)
+            return None
+        print(f"hetron job: requeueing ({restarts + 1} of at most {self.max_requeues}); the next run resumes "
+              f"from the newest complete checkpoint in {self.run_dir}", file=sys.stderr, flush=True)
+        return submitit.helpers.DelayedSubmission(self._resuming())
+
+    def _resuming(self) -> TrainingJob:
+        # An explicit resume=PATH still matters until this run has written a checkpoint of its own.
+        explicit = [a for a in self.train_argv if a.startswith("resume=")]
+        argv = [a for a in self.train_argv if not a.startswith("resume=")]
+        if explicit and not _has_checkpoint(Path(self.run_dir)):
+            argv += explicit[-1:]
+        else:
+            argv.append("resume=auto")
+        return TrainingJob(argv, self.run_dir, self.max_requeues)

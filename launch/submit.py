@@ -1,0 +1,244 @@
+"""Submit `hetron train` to Slurm (or submitit's local executor): check the request against the config and
+the cluster, lay out run folders (one per sweep point), submit one job or a job array, remember each job."""
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+from launch.cluster import ResourceRequest, check_request, parse_slurm_time, query_partitions
+from launch.job import TrainingJob
+from launch.job_record import JobRecord, save_record
+from launch.run_config import TrainArgs, lookup, merged_config, positive_int, split_train_args
+from launch.trainer_config import validate_train_config
+from pretrain.errors import ConfigError, HetronError
+
+SIGNAL_DELAY_S = 90  # submitit signals USR2 this long before the time limit, to checkpoint and requeue
+STARTUP_S = 60  # imports, data preparation, model build before the first step: a rough allowance
+# Rough seconds per step by preset, used only without --seconds-per-step: tiny as measured on a 2-core
+# CPU, the others ballparks for their GPU recipes. They only guard against a time limit that cannot
+# reach a single checkpoint; pass a measured value (metrics.jsonl) to make the check tight.
+DEFAULT_SECONDS_PER_STEP = {"tiny": 1.0, "125m": 1.0, "1b": 3.0, "7b": 10.0}
+
+
+@dataclass
+class SubmitOptions:
+    train_args: list[str] = field(default_factory=list)  # [CONFIG.yaml] key=value ...
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # default: one per GPU; on CPUs, the config's launch.nproc
+    cpus_per_task: int = 1
+    partition: str | None = None
+    time: str = "60"
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    mem: str | None = None
+    sbatch: list[str] = field(default_factory=list)  # extra sbatch options, KEY=VALUE
+    max_requeues: int = 3
+    seconds_per_step: float | None = None
+    sweep: list[str] = field(default_factory=list)  # key=v1,v2,...; several: their product
+    job_name: str = "hetron"
+    local: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    run_dir: Path
+    train_args: TrainArgs
+    sweep_point: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    run_dir: Path
+    stdout: Path
+    stderr: Path
+    sweep_point: dict[str, str]
+    job: submitit.Job
+
+
+def parse_sweep(specs: list[str]) -> list[dict[str, str]]:
+    """['a=1,2', 'b=x,y'] -> [{a:1,b:x}, {a:1,b:y}, {a:2,b:x}, {a:2,b:y}]; no specs -> [{}]."""
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        split = [v for v in values.split(",") if v]
+        if not sep or not key or not split:
+            raise ConfigError(f"--sweep {spec!r}: expected key=value1,value2,...")
+        axes.append([(key, v) for v in split])
+    return [dict(point) for point in itertools.product(*axes)]
+
+
+def sweep_folder_name(point: dict[str, str]) -> str:
+    return ",".join(f"{k}={re.sub(r'[^A-Za-z0-9._+-]', '_', v)}" for k, v in point.items())
+
+
+def plan_runs(train_args: TrainArgs, run_root: Path, sweep: list[str]) -> list[PlannedRun]:
+    runs = []
+    for point in parse_sweep(sweep):
+        run_dir = run_root / sweep_folder_name(point) if point else run_root
+        chosen = {**point, "run.dir": str(run_dir)}
+        kept = tuple(o for o in train_args.overrides if o.split("=", 1)[0] not in chosen)
+        args = TrainArgs(train_args.config_path, kept + tuple(f"{k}={v}" for k, v in chosen.items()))
+        runs.append(PlannedRun(run_dir, args, point))
+    return runs
+
+
+def check_time_limit(time_min: int, config: dict, seconds_per_step: float | None) -> None:
+    every = positive_int(config, "checkpoint.every", None)
+    if every is None:
+        return
+    preset = lookup(config, "model.preset", "tiny")
+    per_step = seconds_per_step or DEFAULT_SECONDS_PER_STEP.get(str(preset), 1.0)
+    source = "--seconds-per-step" if seconds_per_step else f"the rough estimate for preset {preset}"
+    needed_s = STARTUP_S + every * per_step
+    usable_s = time_min * 60 - SIGNAL_DELAY_S
+    if usable_s < needed_s:
+        raise ConfigError(
+            f"--time {time_min} min is shorter than one checkpoint interval: {STARTUP_S} s start-up + "
+            f"checkpoint.every={every} x {per_step:g} s/step ({source}) = {needed_s:.0f} s, but only "
+            f"{max(usable_s, 0)} s run before the requeue signal; raise --time or lower checkpoint.every")
+
+
+def default_run_root(job_name: str) -> Path:
+    return Path("runs", f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
+def _slurm_parameters(options: SubmitOptions, tasks_per_node: int, time_min: int) -> dict:
+    extra = {}
+    for option in options.sbatch:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--sbatch {option!r}: expected KEY=VALUE (e.g. --sbatch exclusive=user)")
+        extra[key.lstrip("-")] = value
+    wanted = {
+        "job_name": options.job_name, "partition": options.partition, "nodes": options.nodes,
+        "ntasks_per_node": tasks_per_node, "cpus_per_task": options.cpus_per_task, "time": time_min,
+        "gpus_per_node": options.gpus_per_node or None, "account": options.account, "qos": options.qos,
+        "constraint": options.constraint, "mem": options.mem, "signal_delay_s": SIGNAL_DELAY_S,
+        "additional_parameters": extra or None,
+    }
+    return {k: v for k, v in wanted.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class PreparedSubmission:
+    runs: list[PlannedRun]
+    folder: Path  # submitit's: pickles and logs
+    local: bool
+    tasks_per_node: int
+    gpus_per_node: int
+    time_min: int
+    max_requeues: int
+    slurm_parameters: dict
+
+    def executor(self) -> submitit.Executor:
+        if self.local:
+            executor = submitit.LocalExecutor(self.folder, max_num_timeout=self.max_requeues)
+            executor.update_parameters(timeout_min=self.time_min, tasks_per_node=self.tasks_per_node, nodes=1,
+                                       gpus_per_node=self.gpus_per_node, signal_delay_s=SIGNAL_DELAY_S)
+            return executor
+        executor = submitit.SlurmExecutor(self.folder, max_num_timeout=self.max_requeues)
+        executor.update_parameters(**self.slurm_parameters)
+        return executor
+
+    def sbatch_script(self) -> str:
+        """The sbatch file submitit will write (for a sweep: the array's); needs no Slurm here."""
+        if self.local:
+            raise HetronError("--dry-run prints an sbatch script: it does not combine with --local")
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        # The command submitit's SlurmExecutor runs in each task.
+        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(self.folder))])
+        map_count = {"map_count": len(self.runs)} if len(self.runs) > 1 else {}
+        return _make_sbatch_string(command=command, folder=self.folder, **self.slurm_parameters, **map_count)
+
+
+def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedSubmission:
+    """Every check that can fail, done before anything is written or submitted.
+
+    cluster_optional (for --dry-run): without a reachable Slurm, skip the checks against the cluster.
+    """
+    for name in ("nodes", "cpus_per_task"):
+        if getattr(options, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
+    if options.gpus_per_node < 0 or options.max_requeues < 0:
+        raise ConfigError("--gpus-per-node and --max-requeues must not be negative")
+    if options.local and options.nodes != 1:
+        raise ConfigError(f"--nodes {options.nodes}: --local runs on this machine only (--nodes 1)")
+    try:
+        time_min = parse_slurm_time(options.time)
+    except ValueError as exc:
+        raise ConfigError(f"--time: {exc}") from None
+    if time_min is None or time_min < 1:
+        raise ConfigError(f"--time {options.time}: give a finite limit of at least 1 minute")
+
+    train_args = split_train_args(options.train_args)
+    sweep_points = parse_sweep(options.sweep)
+    config = merged_config(train_args)
+    for point in sweep_points:  # every sweep point must be a valid config on its own
+        validate_train_config(train_args.with_overrides(*(f"{k}={v}" for k, v in point.items())))
+    check_time_limit(time_min, config, options.seconds_per_step)
+
+    tasks_per_node = options.tasks_per_node or options.gpus_per_node or positive_int(config, "launch.nproc", 1)
+    if options.gpus_per_node and tasks_per_node != options.gpus_per_node:
+        raise ConfigError(f"--tasks-per-node {tasks_per_node} with --gpus-per-node {options.gpus_per_node}: "
+                          "hetron runs one task per GPU")
+    if not options.local:
+        try:
+            partitions = query_partitions()
+        except HetronError as exc:
+            if not cluster_optional:
+                raise
+            print(f"hetron submit: not checked against a cluster: {exc}", file=sys.stderr)
+            partitions = None
+    if not options.local and partitions is not None:
+        check_request(partitions, ResourceRequest(
+            partition=options.partition, nodes=options.nodes, tasks_per_node=tasks_per_node,
+            gpus_per_node=options.gpus_per_node, cpus_per_task=options.cpus_per_task, time_min=time_min))
+
+    run_dir = lookup(config, "run.dir")
+    run_root = Path(str(run_dir)).resolve() if run_dir else default_run_root(options.job_name)
+    runs = plan_runs(train_args, run_root, options.sweep)
+    folder = run_root / ("slurm" if not options.local else "local")
+    slurm_parameters = {} if options.local else _slurm_parameters(options, tasks_per_node, time_min)
+    return PreparedSubmission(runs, folder, options.local, tasks_per_node, options.gpus_per_node, time_min,
+                              options.max_requeues, slurm_parameters)
+
+
+def submit(prepared: PreparedSubmission) -> list[Submission]:
+    for run in prepared.runs:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+    callables = [TrainingJob(run.train_args.argv(), str(run.run_dir), prepared.max_requeues)
+                 for run in prepared.runs]
+    executor = prepared.executor()
+    with executor.batch():  # several runs on Slurm: one job array
+        jobs = [executor.submit(c) for c in callables]
+    cluster = "local" if prepared.local else "slurm"
+    submissions = []
+    for run, job in zip(prepared.runs, jobs):
+        record = JobRecord(job_id=str(job.job_id), cluster=cluster, submitit_folder=str(prepared.folder),
+                           run_dir=str(run.run_dir), train_argv=run.train_args.argv(), sweep_point=run.sweep_point)
+        save_record(record)
+        stdout, stderr = record.log_paths()
+        submissions.append(Submission(str(job.job_id), run.run_dir, stdout, stderr, run.sweep_point, job))
+    return submissions
+
+
+def print_submissions(submissions: list[Submission], out=sys.stdout) -> None:
+    for s in submissions:
+        point = f" [{sweep_folder_name(s.sweep_point)}]" if s.sweep_point else ""
+        print(f"submitted job {s.job_id}{point}", file=out)
+        print(f"  run folder: {s.run_dir}", file=out)
+        print(f"  logs:       {s.stdout}", file=out)
+        print(f"              {s.stderr}", file=out)
+    if submissions:
+        print(f"status: hetron status {submissions[0].job_id.split('_')[0]}", file=out)

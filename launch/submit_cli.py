@@ -1,0 +1,69 @@
+"""`hetron submit [CONFIG.yaml] [key=value ...] [options]`: run `hetron train` as a Slurm job through submitit."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launch.submit import SubmitOptions, prepare, print_submissions, submit
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hetron submit",
+        description="Submit `hetron train` to Slurm through submitit: one task per GPU (on CPUs: launch.nproc "
+                    "tasks per node), requeued on preemption/time-out, resuming from the newest checkpoint.")
+    p.add_argument("train_args", nargs="*", metavar="[CONFIG.yaml] key=value",
+                   help="what `hetron train` gets; run.dir defaults to runs/JOB_NAME-TIMESTAMP")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--tasks-per-node", type=int, help="default: --gpus-per-node, or launch.nproc on CPUs")
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--partition", help="default: the cluster's default partition")
+    p.add_argument("--time", default="60", help="time limit per run, Slurm format (minutes, H:M:S, D-H:M:S)")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--mem", help="memory per node, e.g. 64G")
+    p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option (repeatable), e.g. --sbatch exclusive=user")
+    p.add_argument("--max-requeues", type=int, default=3,
+                   help="preemptions/time-outs the job may be requeued after (default 3)")
+    p.add_argument("--seconds-per-step", type=float,
+                   help="measured training step time, to check --time against checkpoint.every")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="one run per value, as a job array, each in run.dir/KEY=VALUE (repeatable: product)")
+    p.add_argument("--job-name", default="hetron")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing")
+    p.add_argument("--local", action="store_true",
+                   help="run the same job on this machine with submitit's local executor (waits for it)")
+    p.add_argument("--wait", action="store_true", help="wait for the job(s) to end; exit 1 if any failed")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    options = SubmitOptions(
+        train_args=args.train_args, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, partition=args.partition,
+        time=args.time, account=args.account, qos=args.qos, constraint=args.constraint, mem=args.mem,
+        sbatch=args.sbatch, max_requeues=args.max_requeues, seconds_per_step=args.seconds_per_step,
+        sweep=args.sweep, job_name=args.job_name, local=args.local)
+    prepared = prepare(options, cluster_optional=args.dry_run)
+    if args.dry_run:
+        for run in prepared.runs:  # on stderr: stdout is the sbatch file alone
+            print(f"run folder {run.run_dir}: hetron train {' '.join(run.train_args.argv())}", file=sys.stderr)
+        print(prepared.sbatch_script())
+        return 0
+    submissions = submit(prepared)
+    print_submissions(submissions)
+    sys.stdout.flush()
+    if not (args.wait or args.local):
+        return 0
+    failed = 0
+    for s in submissions:
+        s.job.wait()
+        state = s.job.state
+        ok = s.job.exception() is None
+        failed += not ok
+        print(f"job {s.job_id}: {state}{'' if ok else ' (failed: hetron status ' + s.job_id + ')'}")
+    return 1 if failed else 0
