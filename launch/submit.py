@@ -15,8 +15,8 @@ import submitit
 from launch.cluster import ResourceRequest, check_request, parse_slurm_time, query_partitions
 from launch.job import TrainingJob
 from launch.job_record import JobRecord, save_record
-from launch.run_config import TrainArgs, lookup, merged_config, positive_int, split_train_args
-from launch.trainer_config import validate_train_config
+from launch.run_config import TrainArgs, split_train_args
+from pretrain.config import Config, RunConfig
 from pretrain.errors import ConfigError, HetronError
 
 SIGNAL_DELAY_S = 90  # submitit signals USR2 this long before the time limit, to checkpoint and requeue
@@ -85,31 +85,21 @@ def plan_runs(train_args: TrainArgs, run_root: Path, sweep: list[str]) -> list[P
     runs = []
     for point in parse_sweep(sweep):
         run_dir = run_root / sweep_folder_name(point) if point else run_root
-        chosen = {**point, "run.dir": str(run_dir)}
-        kept = tuple(o for o in train_args.overrides if o.split("=", 1)[0] not in chosen)
-        args = TrainArgs(train_args.config_path, kept + tuple(f"{k}={v}" for k, v in chosen.items()))
-        runs.append(PlannedRun(run_dir, args, point))
+        runs.append(PlannedRun(run_dir, train_args.with_overrides({**point, "run.dir": str(run_dir)}), point))
     return runs
 
 
-def check_time_limit(time_min: int, config: dict, seconds_per_step: float | None) -> None:
-    every = positive_int(config, "checkpoint.every", None)
-    if every is None:
-        return
-    preset = lookup(config, "model.preset", "tiny")
-    per_step = seconds_per_step or DEFAULT_SECONDS_PER_STEP.get(str(preset), 1.0)
+def check_time_limit(time_min: int, config: Config, seconds_per_step: float | None) -> None:
+    every, preset = config.checkpoint.every, config.model.preset
+    per_step = seconds_per_step or DEFAULT_SECONDS_PER_STEP.get(preset, 1.0)
     source = "--seconds-per-step" if seconds_per_step else f"the rough estimate for preset {preset}"
-    needed_s = STARTUP_S + every * per_step
+    needed_s = STARTUP_S + min(every, config.train.steps) * per_step
     usable_s = time_min * 60 - SIGNAL_DELAY_S
     if usable_s < needed_s:
         raise ConfigError(
             f"--time {time_min} min is shorter than one checkpoint interval: {STARTUP_S} s start-up + "
             f"checkpoint.every={every} x {per_step:g} s/step ({source}) = {needed_s:.0f} s, but only "
             f"{max(usable_s, 0)} s run before the requeue signal; raise --time or lower checkpoint.every")
-
-
-def default_run_root(job_name: str) -> Path:
-    return Path("runs", f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
 
 
 def _slurm_parameters(options: SubmitOptions, tasks_per_node: int, time_min: int) -> dict:
@@ -182,13 +172,15 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
         raise ConfigError(f"--time {options.time}: give a finite limit of at least 1 minute")
 
     train_args = split_train_args(options.train_args)
-    sweep_points = parse_sweep(options.sweep)
-    config = merged_config(train_args)
-    for point in sweep_points:  # every sweep point must be a valid config on its own
-        validate_train_config(train_args.with_overrides(*(f"{k}={v}" for k, v in point.items())))
-    check_time_limit(time_min, config, options.seconds_per_step)
+    config = train_args.load()
+    run_root = Path(config.run.dir).resolve()
+    if config.run.dir == RunConfig.dir:  # unset: a fresh folder, so a new job never resumes an old one
+        run_root = Path("runs", f"{options.job_name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    runs = plan_runs(train_args, run_root, options.sweep)
+    for run in runs:  # every sweep point must be a valid config on its own
+        check_time_limit(time_min, run.train_args.load(), options.seconds_per_step)
 
-    tasks_per_node = options.tasks_per_node or options.gpus_per_node or positive_int(config, "launch.nproc", 1)
+    tasks_per_node = options.tasks_per_node or options.gpus_per_node or config.launch.nproc
     if options.gpus_per_node and tasks_per_node != options.gpus_per_node:
         raise ConfigError(f"--tasks-per-node {tasks_per_node} with --gpus-per-node {options.gpus_per_node}: "
                           "hetron runs one task per GPU")
@@ -205,9 +197,7 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
             partition=options.partition, nodes=options.nodes, tasks_per_node=tasks_per_node,
             gpus_per_node=options.gpus_per_node, cpus_per_task=options.cpus_per_task, time_min=time_min))
 
-    run_dir = lookup(config, "run.dir")
-    run_root = Path(str(run_dir)).resolve() if run_dir else default_run_root(options.job_name)
-    runs = plan_runs(train_args, run_root, options.sweep)
+    # A sweep's runs share one submitit folder (one array); it sits beside their run folders.
     folder = run_root / ("slurm" if not options.local else "local")
     slurm_parameters = {} if options.local else _slurm_parameters(options, tasks_per_node, time_min)
     return PreparedSubmission(runs, folder, options.local, tasks_per_node, options.gpus_per_node, time_min,
@@ -216,7 +206,10 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
 
 def submit(prepared: PreparedSubmission) -> list[Submission]:
     for run in prepared.runs:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HetronError(f"run.dir {run.run_dir}: cannot create it ({exc.strerror})") from None
     callables = [TrainingJob(run.train_args.argv(), str(run.run_dir), prepared.max_requeues)
                  for run in prepared.runs]
     executor = prepared.executor()

@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit `hetron train` to Slurm through submitit: one task per GPU (on CPUs: launch.nproc "
                     "tasks per node), requeued on preemption/time-out, resuming from the newest checkpoint.")
     p.add_argument("train_args", nargs="*", metavar="[CONFIG.yaml] key=value",
-                   help="what `hetron train` gets; run.dir defaults to runs/JOB_NAME-TIMESTAMP")
+                   help="what `hetron train` gets (run.dir is the run folder; a sweep puts one folder per run in it)")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--tasks-per-node", type=int, help="default: --gpus-per-node, or launch.nproc on CPUs")
