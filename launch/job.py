@@ -59,11 +59,12 @@ class TrainingJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self._resuming())
 
     def _resuming(self) -> TrainingJob:
-        # An explicit resume=PATH still matters until this run has written a checkpoint of its own.
-        explicit = [a for a in self.train_argv if a.startswith("resume=")]
+        # resume=PATH (start from another run's checkpoint) still matters until this run has written a
+        # checkpoint of its own; auto, latest and never all become auto.
+        paths = [a for a in self.train_argv if a.startswith("resume=") and a[7:] not in ("auto", "latest", "never")]
         argv = [a for a in self.train_argv if not a.startswith("resume=")]
-        if explicit and not _has_checkpoint(Path(self.run_dir)):
-            argv += explicit[-1:]
+        if paths and not _has_checkpoint(Path(self.run_dir)):
+            argv += paths[-1:]
         else:
             argv.append("resume=auto")
         return TrainingJob(argv, self.run_dir, self.max_requeues)

@@ -142,8 +142,6 @@ class PreparedSubmission:
 
     def sbatch_script(self) -> str:
         """The sbatch file submitit will write (for a sweep: the array's); needs no Slurm here."""
-        if self.local:
-            raise HetronError("--dry-run prints an sbatch script: it does not combine with --local")
         from submitit.slurm.slurm import _make_sbatch_string
 
         # The command submitit's SlurmExecutor runs in each task.

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from launch.submit import SubmitOptions, prepare, print_submissions, submit
+from pretrain.errors import HetronError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.dry_run and args.local:
+        raise HetronError("--dry-run prints an sbatch script: it does not combine with --local")
     options = SubmitOptions(
         train_args=args.train_args, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
         tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, partition=args.partition,
