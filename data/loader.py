@@ -1,0 +1,116 @@
+"""Global batches by token budget from mosaicml-streaming shards, with a resumable position.
+
+Every rank reads the same sample stream (StreamingDataset `replication` = world size) and takes the
+same global batch; each rank then packs its own share (data.packing). So the batch sequence does not
+depend on the number of ranks, resuming at another data-parallel size continues the same order, and
+the adaptive sequence-parallel planner sees the lengths of the whole batch on every rank.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pretrain.errors import HetronError
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def open_split(split_dir: Path, *, shuffle: bool, seed: int):
+    from streaming import StreamingDataset
+
+    index = Path(split_dir) / "index.json"
+    if not index.is_file():
+        raise HetronError(f"shard index {index} is missing; re-run `hetron prepare --force`")
+    world = _world_size()
+    try:
+        return StreamingDataset(
+            local=str(split_dir), shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=1, batch_size=1,
+            replication=world if world > 1 else None,
+        )
+    except Exception as exc:  # streaming raises assorted errors on bad indexes
+        raise HetronError(f"cannot open shards in {split_dir}: {exc}") from None
+
+
+def read_sample(sample: dict, where: str) -> np.ndarray:
+    tokens = sample.get("tokens")
+    if tokens is None or len(tokens) < 2:
+        raise HetronError(f"{where}: a sample without at least 2 tokens; the shards are corrupt")
+    return np.asarray(tokens, dtype=np.int64)
+
+
+class GlobalBatchLoader:
+    """Yields lists of samples (token arrays) whose predictions add up to at most `token_budget`.
+
+    Position = (epoch, samples consumed in the epoch): a sample looked at but not taken into a batch
+    is not consumed, so a resumed loader re-reads it.
+    """
+
+    def __init__(self, split_dir: Path, token_budget: int, *, seed: int, shuffle: bool = True):
+        self.split_dir = Path(split_dir)
+        self.token_budget = token_budget
+        self.seed = seed
+        self.dataset = open_split(self.split_dir, shuffle=shuffle, seed=seed)
+        self.epoch = 0
+        self.sample_in_epoch = 0
+        self._iterator = None
+        self._lookahead: np.ndarray | None = None
+
+    def _next_sample(self) -> np.ndarray:
+        if self._lookahead is not None:
+            sample, self._lookahead = self._lookahead, None
+            return sample
+        while True:
+            if self._iterator is None:
+                self.dataset.load_state_dict({
+                    "epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch, "num_canonical_nodes": 1,
+                    "shuffle_seed": self.seed, "initial_physical_nodes": 1,
+                })
+                self._iterator = iter(self.dataset)
+            try:
+                return read_sample(next(self._iterator), str(self.split_dir))
+            except StopIteration:
+                self._iterator = None
+                self.epoch += 1
+                self.sample_in_epoch = 0
+            except FileNotFoundError as exc:
+                raise HetronError(f"shard file missing under {self.split_dir}: {exc.filename}") from None
+
+    def next_batch(self) -> list[np.ndarray]:
+        batch, tokens = [], 0
+        while True:
+            sample = self._next_sample()
+            n = len(sample) - 1
+            if batch and tokens + n > self.token_budget:
+                self._lookahead = sample
+                return batch
+            batch.append(sample)
+            tokens += n
+            self.sample_in_epoch += 1
+            if tokens >= self.token_budget:
+                return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch, "seed": self.seed,
+                "token_budget": self.token_budget}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.sample_in_epoch = int(state["sample_in_epoch"])
+        self._iterator = None
+        self._lookahead = None
+
+
+def eval_batches(split_dir: Path, token_budget: int, count: int) -> list[list[np.ndarray]]:
+    """The first `count` global batches of the held-out split, in file order (the same every time)."""
+    loader = GlobalBatchLoader(split_dir, token_budget, seed=0, shuffle=False)
+    out = []
+    for _ in range(count):
+        batch = loader.next_batch()
+        if loader.epoch > 0:
+            break
+        out.append(batch)
+    return out

@@ -1,0 +1,89 @@
+"""Local multi-process launch: N ranks on this machine, no torchrun needed.
+
+Rank 0 inherits the terminal (progress bar, errors); the other ranks write to
+<run dir>/logs/rank_N.log. If any rank fails, the others are stopped and the failing rank's last
+line is shown.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_distributed_launch() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def spawn_ranks(module: str, argv: list[str], nproc: int, log_dir: Path, *, master_port: int = 0,
+                threads_per_rank: int = 0) -> int:
+    """Run `python -m module argv...` as ranks 0..nproc-1; returns the first non-zero exit code (or 0)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = master_port or free_port()
+    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // nproc)
+    procs, logs = [], []
+    for rank in range(nproc):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
+                   LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   OMP_NUM_THREADS=str(threads), HETRON_THREADS=str(threads))
+        if rank == 0:
+            out = None
+        else:
+            out = open(log_dir / f"rank_{rank}.log", "w")
+            logs.append(out)
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env, stdout=out, stderr=out))
+    try:
+        return _wait_all(procs, log_dir)
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    finally:
+        for f in logs:
+            f.close()
+
+
+def _wait_all(procs: list[subprocess.Popen], log_dir: Path) -> int:
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            rank, code = failed[0]
+            _stop(procs)
+            if rank != 0:
+                last = _last_line(log_dir / f"rank_{rank}.log")
+                if last:
+                    print(f"rank {rank}: {last}", file=sys.stderr)
+            return code
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.2)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""

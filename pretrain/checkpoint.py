@@ -1,0 +1,111 @@
+"""Checkpoints: model and optimizer through megatron-core dist_checkpointing (fully reshardable, so a
+run resumes at another data-, tensor- or pipeline-parallel size), plus the trainer state (step,
+schedule position, data-loader position, every component's state) and each rank's RNG states.
+
+A checkpoint is written to `.tmp-step_N` and renamed to `step_N` only when every rank has finished
+and the trainer state is on disk, so a process killed mid-write leaves the previous checkpoint as
+the newest complete one and the partial folder is ignored (and cleaned up by the next save).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pretrain.errors import HetronError
+
+STATE_FILE = "hetron_state.json"
+COMPONENTS_FILE = "components.pt"
+RNG_DIR = "rng"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def newest_checkpoint(root: Path) -> Path | None:
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+def _sharded_state(model_chunks, optimizer, *, is_loading: bool):
+    model_sd = model_chunks[0].sharded_state_dict()
+    state = {"model": model_sd}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"}
+        )
+    return state
+
+
+def save_checkpoint(root: Path, step: int, model_chunks, optimizer, trainer_state: dict, components: dict,
+                    rng: dict, rank: int, keep: int) -> Path:
+    from megatron.core import dist_checkpointing
+
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{final.name}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    dist_checkpointing.save(_sharded_state(model_chunks, optimizer, is_loading=False), str(tmp))
+    (tmp / RNG_DIR).mkdir(exist_ok=True)
+    torch.save(rng, tmp / RNG_DIR / f"rank_{rank:05d}.pt")
+    dist.barrier()
+    if rank == 0:
+        torch.save(components, tmp / COMPONENTS_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, model_chunks, optimizer, rank: int) -> tuple[dict, dict, dict | None]:
+    """Loads model and optimizer in place; returns (trainer state, components, this rank's RNG or None)."""
+    from megatron.core import dist_checkpointing
+
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise HetronError(f"{path} is not a complete hetron checkpoint ({STATE_FILE} missing)")
+    try:
+        trainer_state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise HetronError(f"{state_file} is corrupt ({exc.msg})") from None
+    if optimizer is not None:
+        _initialise_optimizer_state(optimizer)
+    loaded = dist_checkpointing.load(_sharded_state(model_chunks, optimizer, is_loading=True), str(path))
+    model_chunks[0].load_state_dict(loaded["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    components = torch.load(path / COMPONENTS_FILE, weights_only=False)
+    rng_file = path / RNG_DIR / f"rank_{rank:05d}.pt"
+    rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
+    return trainer_state, components, rng
+
+
+def _initialise_optimizer_state(optimizer) -> None:
+    """The fully reshardable optimizer format loads into existing state tensors: create them."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        init = getattr(opt, "init_state_fn", None)
+        inner = getattr(opt, "optimizer", None)
+        if init is not None and inner is not None:
+            init(inner, getattr(opt, "config", None))

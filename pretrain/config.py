@@ -1,0 +1,303 @@
+"""The run config: typed dataclasses, loaded from YAML, overridden by `dotted.key=value` arguments,
+validated before any work. Every error names the dotted key and what is allowed."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pretrain.errors import ConfigError
+from pretrain.schedules import ScheduleSpec
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+MODEL_PRESETS = ("tiny", "125m", "1b", "7b")
+DEFAULT_SCHEDULE = {"kind": "cosine", "peak_lr": 3e-3, "min_lr": 3e-4}
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    log_every: int = 1
+    tensorboard: bool = True
+    plot: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. `preset` fills every field left at None (see pretrain.model.PRESETS)."""
+
+    preset: str = "tiny"
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    num_query_groups: int | None = None
+    ffn_hidden_size: int | None = None
+    seq_length: int | None = None
+    normalization: str | None = None  # RMSNorm | LayerNorm
+    activation: str | None = None  # swiglu | gelu
+    position_embedding: str | None = None  # rope | learned
+    rotary_base: float = 10000.0
+    init_method_std: float = 0.02
+    tie_embeddings: bool = False
+    dropout: float = 0.0
+    spec: str = "auto"  # auto (TE when importable on GPU) | local | te
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "stdlib"  # a directory, a .jsonl file, or 'stdlib'
+    shards: str = ""  # prepared shards folder; empty: a cache folder keyed by corpus and settings
+    tokenizer: str = ""  # a tokenizer.json; empty: train a byte-level BPE on the corpus
+    vocab_size: int = 4096
+    eval_fraction: float = 0.02
+    text_field: str = "text"
+    global_batch_tokens: int = 16384
+    shuffle: bool = True
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 150
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    eval_every: int = 50
+    eval_batches: int = 4
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = 1
+    pipeline: int = 1
+    distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50
+    keep: int = 3
+    dir: str = ""  # empty: <run.dir>/checkpoints
+
+
+@dataclass
+class LaunchConfig:
+    nproc: int = 2  # local ranks spawned when not already inside a distributed launch
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    master_port: int = 0  # 0: pick a free port
+    threads_per_rank: int = 0  # torch intra-op threads; 0: cores / ranks
+
+
+@dataclass
+class Config:
+    seed: int = 1234
+    resume: str = "auto"  # auto (newest if any) | latest (newest, must exist) | never | a checkpoint folder
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: ScheduleSpec = field(default_factory=lambda: ScheduleSpec(**DEFAULT_SCHEDULE, total_steps=TrainConfig.steps,
+                                                                      warmup_steps=TrainConfig.steps // 10))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.run.dir) / "checkpoints"
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "3e-4" as a string
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r} must be a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r} must be a string")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    return value
+
+
+def _build(cls, values: Any, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix} must be a mapping of keys, got {values!r}")
+    if cls is ScheduleSpec:
+        return ScheduleSpec.from_dict(values, prefix)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {dotted!r}; keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _parse_override(arg: str) -> tuple[list[str], Any]:
+    if "=" not in arg:
+        raise ConfigError(f"argument {arg!r} is not key=value (e.g. train.steps=40)")
+    key, raw = arg.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"argument {arg!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_dotted(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def resolve_config_path(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"config file {name!r} not found (nor {candidate})")
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
+def load_config(config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    """YAML (optional) + dotted overrides -> a validated Config."""
+    tree: dict = load_yaml(resolve_config_path(config_file)) if config_file else {}
+    for arg in overrides:
+        path, value = _parse_override(arg)
+        _set_dotted(tree, path, value)
+    schedule = tree.get("schedule", {})
+    if isinstance(schedule, dict):
+        # Unset schedule keys keep Config's defaults; the schedule spans the run unless told otherwise.
+        schedule = {**DEFAULT_SCHEDULE, **schedule}
+        train = tree.get("train", {})
+        schedule.setdefault("total_steps", train.get("steps", TrainConfig.steps) if isinstance(train, dict) else TrainConfig.steps)
+        if isinstance(schedule["total_steps"], int):
+            schedule.setdefault("warmup_steps", schedule["total_steps"] // 10)
+        tree["schedule"] = schedule
+    config = _build(Config, tree, "")
+    validate(config)
+    return config
+
+
+def validate(cfg: Config) -> None:
+    """Checks across keys that the types alone cannot express."""
+    def positive(key: str, value: int | float) -> None:
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be positive")
+
+    if cfg.model.preset not in MODEL_PRESETS:
+        raise ConfigError(f"model.preset={cfg.model.preset!r} is not one of {', '.join(MODEL_PRESETS)}")
+    positive("train.steps", cfg.train.steps)
+    positive("data.global_batch_tokens", cfg.data.global_batch_tokens)
+    positive("data.vocab_size", cfg.data.vocab_size)
+    positive("checkpoint.every", cfg.checkpoint.every)
+    positive("checkpoint.keep", cfg.checkpoint.keep)
+    positive("launch.nproc", cfg.launch.nproc)
+    positive("parallel.tensor", cfg.parallel.tensor)
+    positive("parallel.pipeline", cfg.parallel.pipeline)
+    positive("run.log_every", cfg.run.log_every)
+    if cfg.train.eval_every < 0 or cfg.train.eval_batches < 0:
+        raise ConfigError("train.eval_every and train.eval_batches must be >= 0 (0 disables eval)")
+    if cfg.train.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision={cfg.train.precision!r} is not one of auto, bf16, fp32")
+    if cfg.launch.backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError(f"launch.backend={cfg.launch.backend!r} is not one of auto, nccl, gloo")
+    if not 0.0 < cfg.data.eval_fraction < 0.5:
+        raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction} must lie in (0, 0.5)")
+    if cfg.schedule.total_steps < cfg.train.steps:
+        raise ConfigError(
+            f"schedule.total_steps={cfg.schedule.total_steps} is shorter than train.steps={cfg.train.steps}"
+        )
+    if not (cfg.resume in ("auto", "latest", "never") or Path(cfg.resume).exists()):
+        raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint folder (or use auto | latest | never)")
+    from pretrain.model import resolve_model  # validates the architecture against the data settings
+
+    resolve_model(cfg.model, cfg.parallel)
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,52 @@
+"""The progress display of rank 0: a rich bar with step, loss, tokens/s and ETA, or plain lines
+when the output is not a terminal (logs, CI)."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+class TrainingProgress:
+    def __init__(self, cfg, start_step: int, enabled: bool):
+        self.total = cfg.train.steps
+        self.start_step = start_step
+        self.enabled = enabled
+        self.every = max(1, cfg.run.log_every)
+        self.rich = enabled and cfg.run.progress and sys.stdout.isatty()
+        self._bar = None
+        self._task = None
+        self._t0 = time.time()
+
+    def __enter__(self):
+        if self.rich:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
+                TextColumn("{task.fields[extra]}"), TimeRemainingColumn(),
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("train", total=self.total, completed=self.start_step, loss="-",
+                                            rate="-", extra="")
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
+
+    def update(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        extra = f"eval {metrics['eval_loss']:.3f}" if "eval_loss" in metrics else ""
+        if "forecast_final_loss" in metrics:
+            extra += f" forecast {metrics['forecast_final_loss']:.3f}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=metrics["step"], loss=f"{metrics['loss']:.4f}",
+                             rate=f"{metrics['tokens_per_s']:,.0f}", extra=extra)
+        elif metrics["step"] % self.every == 0 or metrics["step"] == self.total or extra:
+            done = metrics["step"] - self.start_step
+            eta = (time.time() - self._t0) / max(done, 1) * (self.total - metrics["step"])
+            print(f"step {metrics['step']}/{self.total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+                  f"{metrics['tokens_per_s']:,.0f} tok/s {extra} eta {eta:.0f}s", flush=True)

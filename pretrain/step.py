@@ -1,0 +1,81 @@
+"""One training step's forward function and loss for megatron-core's forward_backward_func.
+
+The loss of a global batch is the sum of token losses divided by the global token count: each
+micro-batch returns (sum of its token losses, its token count) and megatron's finalize_model_grads
+all-reduces the counts over data-parallel ranks and scales the gradients by 1 / total
+(`calculate_per_token_loss`). Per-sample losses (mean token loss of each document) are collected on
+the side for the algorithms that need them (reweighting) and for metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Iterator
+
+import torch
+from megatron.core.packed_seq_params import PackedSeqParams
+
+from data.packing import MicroBatch
+
+
+@dataclass
+class SampleLosses:
+    """Per-sample sums of token losses and token counts seen by this rank in one step."""
+
+    sums: dict[int, float] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+    token_loss_sum: float = 0.0
+    token_count: int = 0
+
+    def add(self, sample_ids: list[int], sums: torch.Tensor, counts: torch.Tensor) -> None:
+        for sid, s, c in zip(sample_ids, sums.tolist(), counts.tolist()):
+            self.sums[sid] = self.sums.get(sid, 0.0) + s
+            self.counts[sid] = self.counts.get(sid, 0) + int(c)
+
+
+# Given a micro-batch and its per-token losses, return per-token multipliers of the loss (or None).
+TokenWeightFn = Callable[[MicroBatch, torch.Tensor], torch.Tensor | None]
+
+
+def per_document_sums(values: torch.Tensor, cu_seqlens: torch.Tensor, num_docs: int) -> torch.Tensor:
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    doc_of_token = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths.to(values.device))
+    sums = torch.zeros(len(lengths), dtype=values.dtype, device=values.device).index_add_(0, doc_of_token, values)
+    return sums[:num_docs]
+
+
+def packed_params(mb: MicroBatch, device: torch.device) -> PackedSeqParams:
+    cu = mb.cu_seqlens.to(device)
+    max_len = int((mb.cu_seqlens[1:] - mb.cu_seqlens[:-1]).max())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len,
+                           max_seqlen_kv=max_len)
+
+
+def loss_func(mb: MicroBatch, record: SampleLosses, token_weights: TokenWeightFn | None, output_tensor: torch.Tensor):
+    losses = output_tensor.float().reshape(-1)
+    mask = mb.loss_mask.reshape(-1).to(losses.device)
+    masked = losses * mask
+    num_docs = len(mb.sample_ids)
+    detached = masked.detach()
+    doc_sums = per_document_sums(detached, mb.cu_seqlens, num_docs)
+    doc_counts = per_document_sums(mask, mb.cu_seqlens, num_docs)
+    record.add(mb.sample_ids, doc_sums.cpu(), doc_counts.cpu())
+    weights = token_weights(mb, detached) if token_weights is not None else None
+    loss_sum = (masked * weights).sum() if weights is not None else masked.sum()
+    num_tokens = mask.sum().to(torch.int)
+    record.token_loss_sum += float(detached.sum())
+    record.token_count += int(num_tokens)
+    report = torch.stack([detached.sum(), mask.sum()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+def make_forward_step(record: SampleLosses, device: torch.device, token_weights: TokenWeightFn | None = None):
+    def forward_step(data_iterator: Iterator[MicroBatch], model):
+        mb = next(data_iterator)
+        output = model(
+            mb.tokens.to(device), mb.positions.to(device), None, labels=mb.labels.to(device),
+            packed_seq_params=packed_params(mb, device),
+        )
+        return output, partial(loss_func, mb, record, token_weights)
+
+    return forward_step

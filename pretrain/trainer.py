@@ -1,0 +1,255 @@
+"""The training loop of one rank: megatron-core GPTModel + DDP + optimizer, global batches by token
+budget, per-token loss over the whole global batch, LR schedule, eval, metrics and checkpoints."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from data.loader import GlobalBatchLoader, eval_batches
+from data.packing import micro_batches_for_rank
+from data.prepare import Manifest
+from pretrain import checkpoint as ckpt
+from pretrain.algorithm import Algorithm
+from pretrain.config import Config
+from pretrain.distributed import RankInfo, rng_state, seed_everything, set_rng_state
+from pretrain.errors import HetronError
+from pretrain.metrics import MetricsWriter
+from pretrain.model import Architecture, build_gpt_model, count_parameters
+from pretrain.step import SampleLosses, make_forward_step
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: float
+    tokens: int
+    grad_norm: float
+    lr: float
+    seconds: float
+    sample_losses: SampleLosses
+
+
+class Trainer:
+    def __init__(self, cfg: Config, info: RankInfo, arch: Architecture, shards: Path, manifest: Manifest,
+                 algorithms: list[Algorithm] = ()):
+        self.cfg = cfg
+        self.info = info
+        self.arch = arch
+        self.shards = shards
+        self.manifest = manifest
+        self.algorithms = list(algorithms)
+        self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
+        self.step = 0
+        self.tokens_seen = 0
+        self.run_dir = Path(cfg.run.dir)
+        self.model_chunks = None
+        self.optimizer = None
+        self.loader = GlobalBatchLoader(shards / "train", cfg.data.global_batch_tokens, seed=cfg.seed,
+                                        shuffle=cfg.data.shuffle)
+        self._eval = None
+
+    # ----------------------------------------------------------------------------------- set-up
+
+    def build(self) -> None:
+        from megatron.core import parallel_state as ps
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        seed_everything(self.cfg.seed)
+        model = build_gpt_model(
+            self.cfg, self.arch, self.manifest.vocab_size, bf16=self.bf16,
+            pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
+        )
+        model.to(self.info.device)
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=self.cfg.parallel.overlap_grad_reduce,
+            use_distributed_optimizer=self.cfg.parallel.distributed_optimizer,
+        )
+        ddp = DistributedDataParallel(model.config, ddp_config, model)
+        model.config.finalize_model_grads_func = finalize_model_grads
+        if self.cfg.parallel.overlap_grad_reduce:
+            model.config.no_sync_func = ddp.no_sync
+            model.config.grad_sync_func = ddp.start_grad_sync
+        self.model_chunks = [ddp]
+        t = self.cfg.train
+        opt_config = OptimizerConfig(
+            optimizer="adam", lr=self.cfg.schedule.peak_lr, weight_decay=t.weight_decay,
+            adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, clip_grad=t.grad_clip,
+            bf16=self.bf16, params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
+            use_distributed_optimizer=self.cfg.parallel.distributed_optimizer,
+        )
+        self.optimizer = get_megatron_optimizer(opt_config, self.model_chunks)
+
+    @property
+    def model_config(self):
+        return self.model_chunks[0].config
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def components_state(self) -> dict:
+        return {"loader": self.loader.state_dict(),
+                "algorithms": {a.name: a.state_dict() for a in self.algorithms}}
+
+    def save(self) -> Path:
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "world_size": self.info.world_size,
+                 "dp_size": self.info.dp_size, "schedule": self.cfg.schedule.to_dict(),
+                 "tokenizer_fingerprint": self.manifest.tokenizer_fingerprint,
+                 "architecture": self.arch.__dict__}
+        return ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.step, self.model_chunks, self.optimizer, state,
+                                    self.components_state(), rng_state(), self.info.rank, self.cfg.checkpoint.keep)
+
+    def resume_path(self) -> Path | None:
+        mode = self.cfg.resume
+        if mode == "never":
+            return None
+        if mode in ("auto", "latest"):
+            found = ckpt.newest_checkpoint(self.cfg.checkpoint_dir)
+            if found is None and mode == "latest":
+                raise HetronError(f"resume requested but no complete checkpoint in {self.cfg.checkpoint_dir}")
+            return found
+        return Path(mode)
+
+    def load(self, path: Path) -> None:
+        state, components, rng = ckpt.load_checkpoint(path, self.model_chunks, self.optimizer, self.info.rank)
+        if state.get("tokenizer_fingerprint") != self.manifest.tokenizer_fingerprint:
+            raise HetronError(f"checkpoint {path} was trained with another tokenizer than the shards in {self.shards}")
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.loader.load_state_dict(components["loader"])
+        for algo in self.algorithms:
+            algo.load_state_dict(components["algorithms"].get(algo.name, {}))
+        # RNG streams continue exactly only at the same world size; otherwise reseed deterministically.
+        if rng is not None and state.get("world_size") == self.info.world_size:
+            set_rng_state(rng)
+        else:
+            seed_everything(self.cfg.seed + self.step)
+
+    # ------------------------------------------------------------------------------------- step
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _token_weight_fn(self):
+        hooks = [a for a in self.algorithms if type(a).token_weights is not Algorithm.token_weights]
+        if not hooks:
+            return None
+
+        def weights(mb, token_losses):
+            out = None
+            for algo in hooks:
+                w = algo.token_weights(self, mb, token_losses)
+                if w is not None:
+                    out = w if out is None else out * w
+            return out
+
+        return weights
+
+    def run_micro_batches(self, micro_batches, *, forward_only: bool, record: SampleLosses) -> tuple[float, int]:
+        """forward(-backward) of this rank's micro-batches; returns the global (loss, tokens)."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        forward_step = make_forward_step(record, self.info.device, None if forward_only else self._token_weight_fn())
+        seq_length = max(mb.tokens.shape[1] for mb in micro_batches)
+        get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(micro_batches), model=self.model_chunks,
+            num_microbatches=len(micro_batches), seq_length=seq_length, micro_batch_size=1,
+            forward_only=forward_only,
+        )
+        # Loss sums live on the last pipeline stage; every tensor-parallel rank holds the same copy.
+        totals = torch.tensor([record.token_loss_sum, float(record.token_count)], dtype=torch.float64)
+        if not self.info.is_last_stage:
+            totals.zero_()
+        totals = totals.to(self.info.device)
+        dist.all_reduce(totals)
+        loss_sum, count = totals.tolist()
+        return loss_sum / max(count, 1.0), int(round(count / self.cfg.parallel.tensor))
+
+    def micro_batches(self, samples):
+        return micro_batches_for_rank(samples, self.arch.seq_length, self.info.dp_rank, self.info.dp_size,
+                                      self.manifest.pad_id, fixed_shape=self.cfg.parallel.pipeline > 1)
+
+    def train_step(self) -> StepResult:
+        start = time.perf_counter()
+        samples = self.loader.next_batch()
+        lengths = [len(s) - 1 for s in samples]
+        for algo in self.algorithms:
+            algo.on_step_start(self, self.step, lengths)
+        lr = self.cfg.schedule.lr(self.step)
+        self._set_lr(lr)
+        for chunk in self.model_chunks:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        record = SampleLosses()
+        loss, tokens = self.run_micro_batches(self.micro_batches(samples), forward_only=False, record=record)
+        ok, grad_norm, _ = self.optimizer.step()
+        if not ok:
+            raise HetronError(f"optimizer step {self.step} failed (non-finite gradients)")
+        if not math.isfinite(loss):
+            raise HetronError(f"loss became {loss} at step {self.step}; lower schedule.peak_lr or check the data")
+        self.step += 1
+        self.tokens_seen += tokens
+        return StepResult(self.step, loss, tokens, float(grad_norm or 0.0), lr, time.perf_counter() - start, record)
+
+    def evaluate(self) -> float | None:
+        if self.cfg.train.eval_batches == 0:
+            return None
+        if self._eval is None:
+            self._eval = eval_batches(self.shards / "eval", self.cfg.data.global_batch_tokens, self.cfg.train.eval_batches)
+        for chunk in self.model_chunks:
+            chunk.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for samples in self._eval:
+                record = SampleLosses()
+                loss, tokens = self.run_micro_batches(self.micro_batches(samples), forward_only=True, record=record)
+                total += loss * tokens
+                count += tokens
+        for chunk in self.model_chunks:
+            chunk.train()
+        return total / max(count, 1)
+
+    # ------------------------------------------------------------------------------------- loop
+
+    def fit(self, progress=None) -> dict:
+        cfg = self.cfg
+        writer = MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=self.step) if self.info.is_main else None
+        for algo in self.algorithms:
+            algo.on_train_start(self)
+        n_params = count_parameters(self.arch, self.manifest.vocab_size, cfg.model.tie_embeddings)
+        eval_loss, last = None, None
+        rates = []
+        try:
+            while self.step < cfg.train.steps:
+                result = self.train_step()
+                last = result
+                rates.append(result.tokens / result.seconds)
+                metrics = {"step": result.step, "loss": result.loss, "lr": result.lr, "tokens": self.tokens_seen,
+                           "tokens_per_s": result.tokens / result.seconds, "step_s": result.seconds,
+                           "grad_norm": result.grad_norm, "batch_tokens": result.tokens}
+                for algo in self.algorithms:
+                    algo.on_step_end(self, result.step, metrics)
+                at_end = result.step == cfg.train.steps
+                if cfg.train.eval_every and (result.step % cfg.train.eval_every == 0 or at_end):
+                    eval_loss = self.evaluate()
+                    if eval_loss is not None:
+                        metrics["eval_loss"] = eval_loss
+                if writer and (result.step % cfg.run.log_every == 0 or at_end or "eval_loss" in metrics):
+                    writer.log(metrics)
+                if progress is not None:
+                    progress(metrics)
+                if result.step % cfg.checkpoint.every == 0 or at_end:
+                    self.save()
+        finally:
+            if writer:
+                writer.close()
+        if last is None:
+            return {"step": self.step, "message": "nothing to do: the run had already reached train.steps"}
+        return {"step": self.step, "final_loss": last.loss, "eval_loss": eval_loss, "tokens": self.tokens_seen,
+                "tokens_per_s": sorted(rates)[len(rates) // 2], "parameters": n_params}
