@@ -9,6 +9,7 @@ them). Integer A[k,p] = sequences of bucket k in group p, binary u[p] = group us
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,8 +52,18 @@ def buckets_of(problem: PlanningProblem, members: np.ndarray, max_buckets: int) 
     return out
 
 
+def variable_count(problem: PlanningProblem, members, max_buckets: int = MAX_BUCKETS) -> int:
+    """Upper estimate of the MILP's size, without building it."""
+    members = np.asarray(members, dtype=np.int64)
+    buckets = min(max_buckets, len(np.unique(problem.lengths[members])))
+    groups = sum(min(problem.num_ranks // d, len(members)) for d in problem.sizes)
+    return groups * (buckets + 1) + 1
+
+
 def solve_micro_batch(problem: PlanningProblem, members, cost_model, *, time_limit_s: float,
-                      solver: str = "highs", max_buckets: int = MAX_BUCKETS) -> MilpResult:
+                      solver: str = "highs", max_buckets: int = MAX_BUCKETS,
+                      deadline: float | None = None) -> MilpResult:
+    """deadline: a time.perf_counter() value; the solver gets what is left of it once the model is built."""
     members = np.asarray(members, dtype=np.int64)
     buckets = buckets_of(problem, members, max_buckets)
     tops = [int(problem.lengths[b].max()) for b in buckets]
@@ -87,6 +98,10 @@ def solve_micro_batch(problem: PlanningProblem, members, cost_model, *, time_lim
         prob += pulp.lpSum(take[k] for _, take, _ in groups if k in take) == counts[k]
     prob += pulp.lpSum(sizes[s] * used for s, _, used in groups) <= problem.num_ranks
 
+    if deadline is not None:
+        time_limit_s = min(time_limit_s, deadline - time.perf_counter())
+        if time_limit_s <= 0:
+            return MilpResult(None, "not started: building the model used up the budget", None)
     prob.solve(make_solver(solver, time_limit_s))
     status = {1: "optimal", 2: "feasible (stopped by time limit)", 0: "no solution found",
               -1: "infeasible", -2: "unbounded", -3: "undefined"}.get(prob.sol_status, str(prob.sol_status))
