@@ -10,6 +10,7 @@ them). Integer A[k,p] = sequences of bucket k in group p, binary u[p] = group us
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,9 @@ def make_solver(solver: str, time_limit_s: float):
     if solver == "highs":
         return pulp.HiGHS(msg=False, timeLimit=limit, threads=1)
     if solver == "cbc":
-        return pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, round(limit)), threads=1)
+        with warnings.catch_warnings():  # pulp 3.3 deprecates the bundled CBC for 4.0
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, threads=1)
     raise ValueError(f"unknown MILP solver {solver!r}; one of: highs, cbc, none")
 
 
@@ -75,7 +78,7 @@ def solve_micro_batch(problem: PlanningProblem, members, cost_model, *, time_lim
     highs = [int(problem.hi[b].min()) for b in buckets]
 
     prob = pulp.LpProblem("sp_micro_batch", pulp.LpMinimize)
-    span = pulp.LpVariable("span", lowBound=0)
+    span = prob.add_variable("span", lowBound=0)
     prob += span
     groups: list[tuple[int, dict[int, pulp.LpVariable], pulp.LpVariable]] = []
     for s, d in enumerate(sizes):
@@ -83,8 +86,8 @@ def solve_micro_batch(problem: PlanningProblem, members, cost_model, *, time_lim
         copies = min(problem.num_ranks // d, sum(counts[k] for k in eligible))
         previous = None
         for c in range(copies):
-            used = pulp.LpVariable(f"u_{d}_{c}", cat="Binary")
-            take = {k: pulp.LpVariable(f"a_{k}_{d}_{c}", lowBound=0, upBound=counts[k], cat="Integer")
+            used = prob.add_variable(f"u_{d}_{c}", cat="Binary")
+            take = {k: prob.add_variable(f"a_{k}_{d}_{c}", lowBound=0, upBound=counts[k], cat="Integer")
                     for k in eligible}
             prob += pulp.lpSum(tops[k] * take[k] for k in eligible) <= d * cap * used
             prob += pulp.lpSum(cost_model.seq_time_ms(tops[k], d) * take[k] for k in eligible) <= span

@@ -29,21 +29,20 @@ _solver_busy = threading.Lock()
 
 
 def to_micro_batch_plan(problem: PlanningProblem, packed: PackedMicroBatch) -> MicroBatchPlan:
-    """Groups largest first from rank 0 (so each starts at a multiple of its size and groups <= 8
-    stay inside a node), then the idle ranks as empty groups."""
-    ordered = sorted(range(len(packed.groups)), key=lambda g: (-problem.sizes[packed.groups[g][0]], g))
-    groups, start = [], 0
-    for g in ordered:
-        size_idx, members = packed.groups[g]
-        size = problem.sizes[size_idx]
-        groups.append(SPGroup(start, size, tuple(sorted(int(problem.index[m]) for m in members))))
-        start += size
-    spare = problem.num_ranks - start
+    """Idle ranks become empty groups; all groups are laid out largest first from rank 0, so with N a
+    power of two each starts at a multiple of its size and groups <= 8 stay inside a node."""
+    contents = [(problem.sizes[size_idx], tuple(sorted(int(problem.index[m]) for m in members)))
+                for size_idx, members in packed.groups]
+    spare = problem.num_ranks - sum(size for size, _ in contents)
     while spare:
         size = 1 << (spare.bit_length() - 1)
-        groups.append(SPGroup(start, size, ()))
-        start += size
+        contents.append((size, ()))
         spare -= size
+    groups, start = [], 0
+    for g in sorted(range(len(contents)), key=lambda g: (-contents[g][0], g)):
+        size, sequences = contents[g]
+        groups.append(SPGroup(start, size, sequences))
+        start += size
     return MicroBatchPlan(tuple(groups))
 
 

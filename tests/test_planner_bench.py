@@ -1,0 +1,52 @@
+"""`hetron plan-bench` end to end on a small file: table, JSON, plans that an outside check accepts, PNG."""
+import json
+import random
+
+from parallel.cost_model import CostModel
+from parallel.plan import SequenceParallelPlan
+from pretrain import cli
+
+
+def write_lengths(path, count=200, seed=0):
+    rng = random.Random(seed)
+    lengths = [max(1, int(rng.lognormvariate(6.0, 1.4))) for _ in range(count)]
+    lengths[7] = 40000
+    lengths[50] = 10**6  # longer than the cap: dropped by the preprocessing
+    path.write_text("\n".join(map(str, lengths)) + "\n")
+
+
+def test_plan_bench_writes_summary_plans_and_gantt(tmp_path, capsys):
+    lengths = tmp_path / "lengths.txt"
+    write_lengths(lengths)
+    out, plans, png = tmp_path / "s.json", tmp_path / "plans.json", tmp_path / "g.png"
+    rc = cli.main(["plan-bench", "--lengths", str(lengths), "--gpus", "8", "--cap", "65536", "--batches", "2",
+                   "--batch-size", "64", "--milp-seconds", "0.5", "--json", str(out), "--plans-out", str(plans),
+                   "--gantt", str(png)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "hetron" in printed and "static-d8" in printed and "lower bound" in printed
+    summary = json.loads(out.read_text())
+    policies = summary["policies"]
+    assert set(policies) == {"hetron", "static-d8", "batch-adaptive", "per-sequence", "milp-0.5s"}
+    assert summary["config"]["dropped_over_cap"] == 1
+    for name, p in policies.items():
+        assert p["total_ms"] >= summary["lower_bound_ms"] * (1 - 1e-12)
+        assert abs(p["speedup_vs_static"] - policies["static-d8"]["total_ms"] / p["total_ms"]) < 1e-9
+    cm = CostModel.preset("7b")
+    for batch in json.loads(plans.read_text())["batches"]:
+        assert len(batch["lengths"]) == 64 and all(x % 16 == 0 for x in batch["lengths"])
+        for plan in batch["plans"].values():
+            SequenceParallelPlan.from_dict(plan).validate(batch["lengths"], cm)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_bench_bad_file_is_one_line_error(tmp_path, capsys):
+    assert cli.main(["plan-bench", "--lengths", str(tmp_path / "missing.txt"), "--gpus", "8"]) == 2
+    assert "lengths file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.txt"
+    bad.write_text("12\nabc\n")
+    assert cli.main(["plan-bench", "--lengths", str(bad), "--gpus", "8"]) == 2
+    assert "expected one integer per line" in capsys.readouterr().err
+    bad.write_text("12\n13\n")
+    assert cli.main(["plan-bench", "--lengths", str(bad), "--gpus", "8", "--batch-size", "64"]) == 2
+    assert "fewer than one batch" in capsys.readouterr().err
