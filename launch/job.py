@@ -14,21 +14,18 @@ from pathlib import Path
 import submitit
 
 from launch.slurm_env import distributed_env_from_submitit
+from pretrain.checkpoint import newest_checkpoint
 
 
 class TrainingFailed(RuntimeError):
     """`hetron train` returned a non-zero exit code inside the job."""
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    checkpoints = run_dir / "checkpoints"
-    return checkpoints.is_dir() and any(checkpoints.iterdir())
-
-
 class TrainingJob(submitit.helpers.Checkpointable):
-    def __init__(self, train_argv: list[str], run_dir: str, max_requeues: int) -> None:
+    def __init__(self, train_argv: list[str], run_dir: str, checkpoint_dir: str, max_requeues: int) -> None:
         self.train_argv = list(train_argv)
         self.run_dir = run_dir
+        self.checkpoint_dir = checkpoint_dir
         self.max_requeues = max_requeues
 
     def __call__(self) -> dict:
@@ -63,8 +60,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         # checkpoint of its own; auto, latest and never all become auto.
         paths = [a for a in self.train_argv if a.startswith("resume=") and a[7:] not in ("auto", "latest", "never")]
         argv = [a for a in self.train_argv if not a.startswith("resume=")]
-        if paths and not _has_checkpoint(Path(self.run_dir)):
+        if paths and newest_checkpoint(Path(self.checkpoint_dir)) is None:
             argv += paths[-1:]
         else:
             argv.append("resume=auto")
-        return TrainingJob(argv, self.run_dir, self.max_requeues)
+        return TrainingJob(argv, self.run_dir, self.checkpoint_dir, self.max_requeues)

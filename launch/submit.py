@@ -54,6 +54,10 @@ class PlannedRun:
     train_args: TrainArgs
     sweep_point: dict[str, str]
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.train_args.load().checkpoint_dir.resolve()
+
 
 @dataclass(frozen=True)
 class Submission:
@@ -208,8 +212,8 @@ def submit(prepared: PreparedSubmission) -> list[Submission]:
             run.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise HetronError(f"run.dir {run.run_dir}: cannot create it ({exc.strerror})") from None
-    callables = [TrainingJob(run.train_args.argv(), str(run.run_dir), prepared.max_requeues)
-                 for run in prepared.runs]
+    callables = [TrainingJob(run.train_args.argv(), str(run.run_dir), str(run.checkpoint_dir),
+                             prepared.max_requeues) for run in prepared.runs]
     executor = prepared.executor()
     with executor.batch():  # several runs on Slurm: one job array
         jobs = [executor.submit(c) for c in callables]

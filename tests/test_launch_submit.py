@@ -10,6 +10,7 @@ from launch.job_record import JobRecord, load_records, save_record
 from launch.run_config import split_train_args
 from launch.status_cli import log_to_show, step_reached
 from launch.submit import check_time_limit, parse_sweep, plan_runs, sweep_folder_name
+from pretrain.checkpoint import STATE_FILE
 from pretrain.cli import main as hetron
 from pretrain.config import load_config
 from pretrain.errors import ConfigError
@@ -47,7 +48,7 @@ def test_time_limit_must_reach_one_checkpoint():
 
 
 def test_requeues_are_bounded_by_the_restart_count(monkeypatch, tmp_path):
-    job = TrainingJob(["train.steps=4", "resume=never"], str(tmp_path), max_requeues=2)
+    job = TrainingJob(["train.steps=4", "resume=never"], str(tmp_path), str(tmp_path / "ckpt"), max_requeues=2)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     again = job.checkpoint()
     assert again.function.train_argv == ["train.steps=4", "resume=auto"]  # a requeued run resumes
@@ -57,9 +58,13 @@ def test_requeues_are_bounded_by_the_restart_count(monkeypatch, tmp_path):
 
 def test_an_explicit_resume_path_survives_a_requeue_until_the_run_has_its_own_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    job = TrainingJob(["resume=/ckpt/step_100"], str(tmp_path), max_requeues=3)
+    job = TrainingJob(["resume=/ckpt/step_100"], str(tmp_path), str(tmp_path / "checkpoints"), max_requeues=3)
     assert job.checkpoint().function.train_argv == ["resume=/ckpt/step_100"]
-    (tmp_path / "checkpoints" / "step_000004").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_00000004.tmp").mkdir(parents=True)  # incomplete: still the path
+    assert job.checkpoint().function.train_argv == ["resume=/ckpt/step_100"]
+    complete = tmp_path / "checkpoints" / "step_00000004"
+    complete.mkdir()
+    (complete / STATE_FILE).write_text("{}")
     assert job.checkpoint().function.train_argv == ["resume=auto"]
 
 
