@@ -41,8 +41,13 @@ def newest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def unwrap(chunk):
+    """The GPTModel inside megatron's DDP wrapper (whose state-dict keys carry a 'module.' prefix)."""
+    return getattr(chunk, "module", chunk)
+
+
 def _sharded_state(model_chunks, optimizer, *, is_loading: bool):
-    model_sd = model_chunks[0].sharded_state_dict()
+    model_sd = unwrap(model_chunks[0]).sharded_state_dict()
     state = {"model": model_sd}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(
@@ -93,9 +98,9 @@ def load_checkpoint(path: Path, model_chunks, optimizer, rank: int) -> tuple[dic
     if optimizer is not None:
         _initialise_optimizer_state(optimizer)
     loaded = dist_checkpointing.load(_sharded_state(model_chunks, optimizer, is_loading=True), str(path))
-    model_chunks[0].load_state_dict(loaded["model"])
+    unwrap(model_chunks[0]).load_state_dict(loaded["model"])
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer_state(optimizer, loaded["optimizer"])
     components = torch.load(path / COMPONENTS_FILE, weights_only=False)
     rng_file = path / RNG_DIR / f"rank_{rank:05d}.pt"
     rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
@@ -103,9 +108,46 @@ def load_checkpoint(path: Path, model_chunks, optimizer, rank: int) -> tuple[dic
 
 
 def _initialise_optimizer_state(optimizer) -> None:
-    """The fully reshardable optimizer format loads into existing state tensors: create them."""
+    """The fully reshardable optimizer format loads into existing state tensors: create them.
+
+    megatron-core's init_state_fn leaves out torch Adam's 'step' (it expects Apex/TE optimizers that
+    keep the step elsewhere), and DistributedOptimizer.state_dict() then fails; add it."""
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         init = getattr(opt, "init_state_fn", None)
         inner = getattr(opt, "optimizer", None)
-        if init is not None and inner is not None:
-            init(inner, getattr(opt, "config", None))
+        if init is None or inner is None:
+            continue
+        init(inner, getattr(opt, "config", None))
+        for state in inner.state.values():
+            state.setdefault("step", torch.tensor(0.0))
+
+
+def _load_optimizer_state(optimizer, state) -> None:
+    """optimizer.load_state_dict, working around megatron-core 0.16's fully reshardable load with
+    torch Adam (no Apex/TE): load_state_dict puts 'step' into every parameter's state and then
+    load_parameter_state_from_fully_reshardable expects a checkpoint tensor for every state key,
+    'step' included, which the format never stores. We load the parameter state with 'step' set
+    aside, then put it back (one tensor per parameter); with Apex/TE optimizers megatron's own path runs unchanged."""
+    opts = getattr(optimizer, "chained_optimizers", [optimizer])
+    if len(opts) == 1:
+        states = [state]
+    else:
+        states = [v for _, v in sorted(state.items())] if isinstance(state, dict) else list(state)
+    for opt, st in zip(opts, states):
+        inner = getattr(opt, "optimizer", None)
+        if not (isinstance(st, dict) and st.get("param_state_sharding_type") == "fully_reshardable"
+                and isinstance(inner, torch.optim.Optimizer) and type(inner).__module__.startswith("torch.")):
+            opt.load_state_dict(st)
+            continue
+        st = dict(st)
+        param_state = st.pop("param_state")
+        st.pop("param_state_sharding_type")
+        opt.load_state_dict(st)
+        steps = {p: s.pop("step") for p, s in inner.state.items() if "step" in s}
+        opt.load_parameter_state_from_fully_reshardable(param_state)
+        # megatron hands every parameter the same 'step' tensor; torch Adam increments it in place
+        # once per parameter, so each parameter needs its own copy.
+        for p, step in steps.items():
+            inner.state[p]["step"] = step.clone()
+    if len(opts) > 1 and hasattr(optimizer, "_synchronize_steps"):
+        optimizer._synchronize_steps()

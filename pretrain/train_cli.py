@@ -22,7 +22,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("items", nargs="*", help="an optional config (YAML path or name under configs/), then key=value overrides")
     p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint (error if none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs lines instead)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     config_file = None
     overrides = list(args.items)
     if overrides and "=" not in overrides[0]:

@@ -1,0 +1,152 @@
+"""Robust fitting of a law to one or several loss curves jointly.
+
+Objective: mean Huber loss (delta 1e-3) of log(predicted) - log(observed) over all points, minimised
+by L-BFGS-B with exact gradients (torch autograd) over bounded parameters, from several starts; the
+best start wins. `max_iter` caps the iterations: an early stop that regularises the fit (see
+`select_max_iter`, which picks it by validation on the fitting curves alone).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.optimize
+import torch
+
+from pretrain.errors import HetronError
+from pretrain.scaling_law.curves import LossCurve
+from pretrain.scaling_law.metrics import averaged, curve_metrics
+from pretrain.scaling_law.models import LawModel
+
+HUBER_DELTA = 1e-3
+CONVERGED = 10_000  # "no early stop"
+
+
+@dataclass
+class FitPath:
+    """Parameters after every L-BFGS-B iteration of one start, and the training objective there."""
+    zs: list[np.ndarray]
+    objectives: list[float]
+
+    def at(self, iteration: int) -> tuple[np.ndarray, float]:
+        i = min(iteration, len(self.zs) - 1)
+        return self.zs[i], self.objectives[i]
+
+
+@dataclass
+class FitResult:
+    law: str
+    params: dict[str, float]
+    objective: float
+    max_iter: int
+    iterations: int
+    start: int
+    seconds: float
+    fit_curves: list[str]
+    metrics: dict[str, dict] = field(default_factory=dict)   # per fitting curve and "average"
+    selection: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("law", "params", "objective", "max_iter", "iterations", "start",
+                                               "seconds", "fit_curves", "metrics", "selection")}
+
+
+def huber(residual: torch.Tensor, delta: float) -> torch.Tensor:
+    a = residual.abs()
+    return torch.where(a <= delta, 0.5 * residual ** 2, delta * (a - 0.5 * delta))
+
+
+class Objective:
+    """Mean Huber loss of log residuals over all points of `curves`, as a function of z."""
+
+    def __init__(self, model: LawModel, curves: Sequence[LossCurve], delta: float = HUBER_DELTA):
+        self.model, self.delta = model, delta
+        self.features = [model.features(c) for c in curves]
+        self.log_loss = [torch.as_tensor(np.log(c.loss)) for c in curves]
+        self.num_points = sum(len(c.loss) for c in curves)
+        self._cache: dict[bytes, tuple[float, np.ndarray]] = {}
+
+    def __call__(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+        key = z.tobytes()
+        if key not in self._cache:
+            self._cache = {key: self._evaluate(z)}
+        value, grad = self._cache[key]
+        return value, grad.copy()
+
+    def _evaluate(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+        zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        p = self.model.from_z(zt)
+        total = torch.zeros((), dtype=torch.float64)
+        for feats, log_loss in zip(self.features, self.log_loss):
+            pred = self.model.predict(p, feats).clamp_min(1e-8)
+            total = total + huber(torch.log(pred) - log_loss, self.delta).sum()
+        # scaled so that a typical objective is O(1) and L-BFGS-B's tolerances make sense
+        value = total / (self.num_points * self.delta ** 2)
+        if not torch.isfinite(value):
+            return 1e30, np.zeros_like(z)
+        value.backward()
+        return float(value.detach()), zt.grad.numpy().copy()
+
+
+def start_points(model: LawModel, curves: Sequence[LossCurve]) -> list[np.ndarray]:
+    min_loss = min(float(c.loss.min()) for c in curves)
+    bounds = model.z_bounds(min_loss)
+    points = []
+    for start in model.starts:
+        natural = dict(start, L0=start["L0"] * min_loss)
+        z = model.to_z(natural)
+        points.append(np.clip(z, [b[0] for b in bounds], [b[1] for b in bounds]))
+    return points
+
+
+def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVERGED,
+              on_start: Callable[[int], None] | None = None) -> list[FitPath]:
+    """One L-BFGS-B path per start, recording every iteration."""
+    # one thread: these tensors are small, and extra threads only contend for the cores
+    torch.set_num_threads(1)
+    objective = Objective(model, curves)
+    bounds = model.z_bounds(min(float(c.loss.min()) for c in curves))
+    paths = []
+    for i, z0 in enumerate(start_points(model, curves)):
+        path = FitPath([z0.copy()], [objective(z0)[0]])
+
+        def record(zk: np.ndarray) -> None:
+            path.zs.append(zk.copy())
+            path.objectives.append(objective(zk)[0])
+
+        scipy.optimize.minimize(objective, z0, jac=True, method="L-BFGS-B", bounds=bounds, callback=record,
+                                options={"maxiter": max_iter, "ftol": 1e-14, "gtol": 1e-10, "maxcor": 20})
+        paths.append(path)
+        if on_start:
+            on_start(i)
+    return paths
+
+
+def best_at(paths: Sequence[FitPath], iteration: int) -> tuple[int, np.ndarray, float]:
+    """The start with the lowest training objective after `iteration` iterations."""
+    candidates = [(p.at(iteration)[1], i) for i, p in enumerate(paths)]
+    objective, i = min(candidates)
+    return i, paths[i].at(iteration)[0], objective
+
+
+def predict_curve(model: LawModel, params: dict[str, float], curve: LossCurve) -> np.ndarray:
+    p = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+    with torch.no_grad():
+        return model.predict(p, model.features(curve)).numpy()
+
+
+def fit_law(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVERGED,
+            on_start: Callable[[int], None] | None = None) -> FitResult:
+    """Fit `model` to `curves` jointly; the best of several starts after at most max_iter iterations."""
+    if not curves:
+        raise HetronError("no curves to fit")
+    t0 = time.perf_counter()
+    paths = fit_paths(model, curves, max_iter, on_start)
+    start, z, objective = best_at(paths, max_iter)
+    params = {k: float(v) for k, v in model.from_z(z).items()}
+    per_curve = {c.name: curve_metrics(predict_curve(model, params, c), c.loss) for c in curves}
+    metrics = per_curve | {"average": averaged(list(per_curve.values()))}
+    return FitResult(model.name, params, objective, max_iter, min(max_iter, len(paths[start].zs) - 1), start,
+                     time.perf_counter() - t0, [c.name for c in curves], metrics)
