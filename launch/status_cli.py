@@ -67,15 +67,19 @@ def step_reached(run_dir: Path) -> str:
     return f"step {last.get('step')}{loss}"
 
 
-def log_to_show(record: JobRecord) -> Path | None:
-    """Rank 0's stderr, unless another rank's stderr holds a traceback and rank 0's does not."""
+def log_to_show(record: JobRecord, failed: bool) -> Path | None:
+    """A failed job: the stderr with a traceback (rank 0's unless only another rank has one); otherwise
+    rank 0's stdout, where training progress goes."""
     folder = Path(record.submitit_folder)
+    stdout, stderr = record.log_paths()
+    if not failed:
+        return stdout if stdout.is_file() else None
     logs = sorted(folder.glob(f"{record.job_id}_*_log.err"),
                   key=lambda p: int(p.name[len(record.job_id) + 1:].split("_")[0]))
     for log in logs:
         if "Traceback" in log.read_text(errors="replace"):
             return log
-    return logs[0] if logs else None
+    return stderr if stderr.is_file() else None
 
 
 def tail(path: Path, lines: int) -> list[str]:
@@ -98,7 +102,7 @@ def report(record: JobRecord, lines: int) -> tuple[list[str], bool]:
         out.append("  sweep point: " + ", ".join(f"{k}={v}" for k, v in record.sweep_point.items()))
     out.append(f"  run folder: {record.run_dir}")
     out.append(f"  reached: {step_reached(Path(record.run_dir))}")
-    log = log_to_show(record)
+    log = log_to_show(record, failed)
     if log is None:
         out.append("  no log yet")
     else:

@@ -65,8 +65,7 @@ def main(argv: list[str]) -> int:
     failed = 0
     for s in submissions:
         s.job.wait()
-        state = s.job.state
-        ok = s.job.exception() is None
-        failed += not ok
-        print(f"job {s.job_id}: {state}{'' if ok else ' (failed: hetron status ' + s.job_id + ')'}")
+        error = s.job.exception()  # from the result rank 0 wrote; sacct may not have caught up yet
+        failed += error is not None
+        print(f"job {s.job_id}: " + ("completed" if error is None else f"failed (details: hetron status {s.job_id})"))
     return 1 if failed else 0

@@ -84,7 +84,10 @@ def test_status_shows_the_last_step_and_the_log_with_the_traceback(tmp_path):
     (tmp_path / "5_0_log.err").write_text("fine\n")
     (tmp_path / "5_1_log.err").write_text("Traceback (most recent call last):\nValueError: boom\n")
     record = JobRecord("5", "slurm", str(tmp_path), str(tmp_path), [])
-    assert log_to_show(record).name == "5_1_log.err"
+    assert log_to_show(record, failed=True).name == "5_1_log.err"
+    assert log_to_show(record, failed=False) is None  # no stdout log yet
+    (tmp_path / "5_0_log.out").write_text("step 3/4\n")
+    assert log_to_show(record, failed=False).name == "5_0_log.out"
 
 
 def test_dry_run_prints_the_sbatch_file_of_an_array(tmp_path, capsys):
