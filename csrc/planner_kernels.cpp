@@ -90,7 +90,7 @@ struct Problem {
   i64 n, num_sizes;
   const double* times;  // n x num_sizes, row-major
   std::vector<i64> tokens, lo, hi, sizes, order;
-  i64 num_ranks, capacity;
+  i64 num_ranks, capacity, min_open;
   double t(i64 i, i64 s) const { return times[i * num_sizes + s]; }
 };
 
@@ -128,7 +128,7 @@ static std::optional<Packing> first_fit(const Problem& p, double limit) {
       continue;
     }
     i64 opened = -1;
-    for (i64 s = lo_i; s <= hi_i; ++s) {
+    for (i64 s = std::min(std::max(lo_i, p.min_open), hi_i); s <= hi_i; ++s) {
       if (p.t(i, s) <= limit) {
         opened = s;
         break;
@@ -172,8 +172,9 @@ static std::optional<std::pair<std::vector<double>, std::vector<i64>>> rebalance
 static std::tuple<std::vector<i64>, std::vector<i64>, double> pack_microbatch(
     py::array_t<double, py::array::c_style | py::array::forcecast> times, std::vector<i64> tokens,
     std::vector<i64> lo, std::vector<i64> hi, std::vector<i64> sizes, i64 num_ranks, i64 capacity,
-    i64 iterations) {
+    i64 iterations, i64 min_open) {
   Problem p;
+  p.min_open = min_open;
   p.n = static_cast<i64>(tokens.size());
   if (p.n == 0) return {std::vector<i64>{}, std::vector<i64>{}, 0.0};
   if (times.ndim() != 2 || times.shape(0) != p.n || times.shape(1) != static_cast<py::ssize_t>(sizes.size()))
@@ -314,7 +315,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("partition_microbatches", &partition_microbatches, py::arg("tokens"), py::arg("num_chunks"),
         py::call_guard<py::gil_scoped_release>());
   m.def("pack_microbatch", &pack_microbatch, py::arg("times"), py::arg("tokens"), py::arg("lo"), py::arg("hi"),
-        py::arg("sizes"), py::arg("num_ranks"), py::arg("capacity"), py::arg("iterations") = 24);
+        py::arg("sizes"), py::arg("num_ranks"), py::arg("capacity"), py::arg("iterations") = 24, py::arg("min_open") = 0);
   m.def("fill_microbatch", &fill_microbatch, py::arg("times"), py::arg("tokens"), py::arg("lo"), py::arg("hi"),
         py::arg("sizes"), py::arg("num_ranks"), py::arg("capacity"), py::arg("limit"));
 }

@@ -37,12 +37,12 @@ def test_partition_cpp_equals_python(tokens, m):
 
 
 @settings(max_examples=60, deadline=None)
-@given(lengths_st, st.booleans())
-def test_pack_cpp_equals_python(lengths, fixed):
+@given(lengths_st, st.booleans(), st.integers(0, 4))
+def test_pack_cpp_equals_python(lengths, fixed, min_open):
     args = packing_inputs(lengths, fixed=fixed)
     if not args[1]:
         return
-    assert native.pack_microbatch(*args, 24) == kernels_py.pack_microbatch(*args, 24)
+    assert native.pack_microbatch(*args, 24, min_open) == kernels_py.pack_microbatch(*args, 24, min_open)
 
 
 @settings(max_examples=60, deadline=None)
@@ -90,12 +90,12 @@ def test_partition_dp_is_optimal(tokens, m):
 
 
 @settings(max_examples=40, deadline=None)
-@given(lengths_st)
-def test_packer_output_is_a_valid_micro_batch(lengths):
+@given(lengths_st, st.integers(0, 4))
+def test_packer_output_is_a_valid_micro_batch(lengths, min_open):
     times, tokens, lo, hi, sizes, ranks, cap = packing_inputs(lengths)
     if not tokens:
         return
-    groups, assign, span = kernels_py.pack_microbatch(times, tokens, lo, hi, sizes, ranks, cap)
+    groups, assign, span = kernels_py.pack_microbatch(times, tokens, lo, hi, sizes, ranks, cap, 24, min_open)
     if span < 0:  # infeasible is allowed only when memory really is short
         assert sum(tokens) > ranks * cap * 0.5
         return

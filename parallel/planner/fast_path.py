@@ -31,11 +31,11 @@ class FastPlan:
     split: str
 
 
-def pack(problem: PlanningProblem, members: np.ndarray) -> PackedMicroBatch | None:
+def pack(problem: PlanningProblem, members: np.ndarray, min_open: int = 0) -> PackedMicroBatch | None:
     members = np.asarray(members, dtype=np.int64)
     sizes_idx, assign, span = native.pack_microbatch(
         problem.times[members], problem.lengths[members].tolist(), problem.lo[members].tolist(),
-        problem.hi[members].tolist(), list(problem.sizes), problem.num_ranks, problem.capacity)
+        problem.hi[members].tolist(), list(problem.sizes), problem.num_ranks, problem.capacity, 24, min_open)
     if span < 0:
         return None
     buckets: list[list[int]] = [[] for _ in sizes_idx]
@@ -119,6 +119,22 @@ def anchor_fill_plan(problem: PlanningProblem, area: np.ndarray, min_time: np.nd
     return FastPlan(tuple(packed), sum(mb.span_ms + problem.beta for mb in packed), "anchor-fill")
 
 
+POOL_SIZES = (2, 4, 8)  # groups that stay inside a node: all-to-all there is cheap
+
+
+def polish(problem: PlanningProblem, plan: FastPlan) -> FastPlan:
+    """Re-pack each micro-batch with new groups of at least 2, 4, 8 ranks; keep what is faster."""
+    floors = [problem.sizes.index(d) for d in POOL_SIZES if d in problem.sizes]
+    micro_batches = list(plan.micro_batches)
+    for k, mb in enumerate(micro_batches):
+        for floor in floors:
+            again = pack(problem, np.asarray(mb.members, dtype=np.int64), floor)
+            if again is not None and again.span_ms < micro_batches[k].span_ms:
+                micro_batches[k] = again
+    total = sum(mb.span_ms + problem.beta for mb in micro_batches)
+    return FastPlan(tuple(micro_batches), total, plan.split) if total < plan.total_ms else plan
+
+
 def fast_plan(problem: PlanningProblem) -> FastPlan:
     n = problem.size
     if n == 0:
@@ -149,4 +165,4 @@ def fast_plan(problem: PlanningProblem) -> FastPlan:
         # every sequence fits alone on the largest allowed group, so one per micro-batch always works
         packed = [pack(problem, np.asarray([i])) for i in range(n)]
         best = FastPlan(tuple(packed), sum(mb.span_ms + problem.beta for mb in packed), "one-per-micro-batch")
-    return best
+    return polish(problem, best)

@@ -82,9 +82,10 @@ def partition_microbatches(tokens: Sequence[int], num_chunks: int) -> tuple[list
     return ends, best[m][n]
 
 
-def _first_fit(order, times, tokens, lo, hi, sizes, num_ranks, capacity, limit):
+def _first_fit(order, times, tokens, lo, hi, sizes, num_ranks, capacity, min_open, limit):
     """Place sequences (longest first) into the smallest fitting open group (fullest on ties), else
-    open the smallest group that runs the sequence within `limit` ms. None if ranks run out."""
+    open the smallest group (of at least size index min_open, where the sequence allows) that runs
+    the sequence within `limit` ms. None if ranks run out."""
     g_size: list[int] = []
     g_load: list[float] = []
     g_tok: list[int] = []
@@ -111,7 +112,7 @@ def _first_fit(order, times, tokens, lo, hi, sizes, num_ranks, capacity, limit):
             assign[i] = best
             continue
         opened = -1
-        for s in range(lo_i, hi_i + 1):
+        for s in range(min(max(lo_i, min_open), hi_i), hi_i + 1):
             if row[s] <= limit:
                 opened = s
                 break
@@ -151,11 +152,14 @@ def _rebalance(order, times, tokens, lo, hi, sizes, capacity, g_size):
 
 
 def pack_microbatch(times, tokens, lo, hi, sizes, num_ranks: int, capacity: int,
-                    iterations: int = 24) -> tuple[list[int], list[int], float]:
+                    iterations: int = 24, min_open: int = 0) -> tuple[list[int], list[int], float]:
     """Pack one micro-batch. times[i][s]: ms of sequence i on a group of sizes[s] ranks (sizes
     ascending); sequence i may use size indices lo[i]..hi[i] (lo from its memory need). Binary
     search on the makespan M with first-fit packing (feasible iff the groups fit in num_ranks), then
     ranks left over become extra groups and an LPT pass over all groups is kept if it is better.
+    min_open > 0 makes new groups at least sizes[min_open] ranks: pooling memory in a larger group
+    (intra-node, cheap all-to-all) beats memory fragmentation over many small groups when the
+    micro-batch is memory-bound.
     Returns (size index of each group, group of each sequence, makespan ms); ([], [], -1.0) if the
     packer found no feasible packing."""
     times = [list(map(float, row)) for row in times]
@@ -180,7 +184,7 @@ def pack_microbatch(times, tokens, lo, hi, sizes, num_ranks: int, capacity: int,
         longest = max(longest, best_time)
         total += times[i][lo[i]]
     low = max(area / num_ranks, longest)
-    args = (order, times, tokens, lo, hi, sizes, num_ranks, capacity)
+    args = (order, times, tokens, lo, hi, sizes, num_ranks, capacity, int(min_open))
     found = _first_fit(*args, low)
     best_span = -1.0
     best = None

@@ -90,7 +90,7 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
     if result.micro_batch is None:
         return plan, f"greedy: solver ({solver}) {result.status}"
     old = plan.micro_batches[worst]
-    if result.micro_batch.span_ms >= old.span_ms:
+    if result.micro_batch.span_ms >= old.span_ms * (1 - 1e-9):  # float noise is not an improvement
         return plan, f"greedy: solver ({solver}, {result.status}) found no better plan"
     micro_batches = list(plan.micro_batches)
     micro_batches[worst] = result.micro_batch
