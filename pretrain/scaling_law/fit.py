@@ -63,8 +63,8 @@ class Objective:
 
     def __init__(self, model: LawModel, curves: Sequence[LossCurve], delta: float = HUBER_DELTA):
         self.model, self.delta = model, delta
-        self.features = [model.features(c) for c in curves]
-        self.log_loss = [torch.as_tensor(np.log(c.loss)) for c in curves]
+        self.features = model.features(curves)
+        self.log_loss = torch.as_tensor(np.log(np.concatenate([c.loss for c in curves])))
         self.num_points = sum(len(c.loss) for c in curves)
         self._cache: dict[bytes, tuple[float, np.ndarray]] = {}
 
@@ -78,10 +78,8 @@ class Objective:
     def _evaluate(self, z: np.ndarray) -> tuple[float, np.ndarray]:
         zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
         p = self.model.from_z(zt)
-        total = torch.zeros((), dtype=torch.float64)
-        for feats, log_loss in zip(self.features, self.log_loss):
-            pred = self.model.predict(p, feats).clamp_min(1e-8)
-            total = total + huber(torch.log(pred) - log_loss, self.delta).sum()
+        pred = self.model.predict(p, self.features).clamp_min(1e-8)
+        total = huber(torch.log(pred) - self.log_loss, self.delta).sum()
         # scaled so that a typical objective is O(1) and L-BFGS-B's tolerances make sense
         value = total / (self.num_points * self.delta ** 2)
         if not torch.isfinite(value):
@@ -90,26 +88,32 @@ class Objective:
         return float(value.detach()), zt.grad.numpy().copy()
 
 
-def start_points(model: LawModel, curves: Sequence[LossCurve]) -> list[np.ndarray]:
+def start_points(model: LawModel, curves: Sequence[LossCurve],
+                 extra: Sequence[dict[str, float]] = ()) -> list[np.ndarray]:
+    """The model's generic starts (L0 as a fraction of the lowest loss) and any `extra` starts in
+    natural units (e.g. the previous forecast's parameters), clipped into the bounds."""
     min_loss = min(float(c.loss.min()) for c in curves)
     bounds = model.z_bounds(min_loss)
-    points = []
-    for start in model.starts:
-        natural = dict(start, L0=start["L0"] * min_loss)
-        z = model.to_z(natural)
-        points.append(np.clip(z, [b[0] for b in bounds], [b[1] for b in bounds]))
-    return points
+    naturals = list(extra) + [dict(start, L0=start["L0"] * min_loss) for start in model.starts]
+    lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
+    # strictly inside: L-BFGS-B's projected gradient stalls on a start that sits on a bound
+    margin = 1e-9 * (np.asarray(hi) - np.asarray(lo))
+    return [np.clip(model.to_z(n), np.asarray(lo) + margin, np.asarray(hi) - margin) for n in naturals]
 
 
 def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVERGED,
-              on_start: Callable[[int], None] | None = None) -> list[FitPath]:
+              on_start: Callable[[int], None] | None = None, extra_starts: Sequence[dict] = (),
+              only_extra: bool = False) -> list[FitPath]:
     """One L-BFGS-B path per start, recording every iteration."""
     # one thread: these tensors are small, and extra threads only contend for the cores
     torch.set_num_threads(1)
     objective = Objective(model, curves)
     bounds = model.z_bounds(min(float(c.loss.min()) for c in curves))
     paths = []
-    for i, z0 in enumerate(start_points(model, curves)):
+    starts = start_points(model, curves, extra_starts)
+    if only_extra and extra_starts:
+        starts = starts[:len(extra_starts)]
+    for i, z0 in enumerate(starts):
         path = FitPath([z0.copy()], [objective(z0)[0]])
 
         def record(zk: np.ndarray) -> None:
@@ -134,19 +138,47 @@ def best_at(paths: Sequence[FitPath], iteration: int) -> tuple[int, np.ndarray, 
 def predict_curve(model: LawModel, params: dict[str, float], curve: LossCurve) -> np.ndarray:
     p = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
     with torch.no_grad():
-        return model.predict(p, model.features(curve)).numpy()
+        return model.predict(p, model.features([curve])).numpy()
 
 
 def fit_law(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVERGED,
-            on_start: Callable[[int], None] | None = None) -> FitResult:
+            on_start: Callable[[int], None] | None = None, extra_starts: Sequence[dict] = (),
+            only_extra: bool = False) -> FitResult:
     """Fit `model` to `curves` jointly; the best of several starts after at most max_iter iterations."""
     if not curves:
         raise HetronError("no curves to fit")
     t0 = time.perf_counter()
-    paths = fit_paths(model, curves, max_iter, on_start)
+    paths = fit_paths(model, curves, max_iter, on_start, extra_starts, only_extra)
     start, z, objective = best_at(paths, max_iter)
     params = {k: float(v) for k, v in model.from_z(z).items()}
     per_curve = {c.name: curve_metrics(predict_curve(model, params, c), c.loss) for c in curves}
     metrics = per_curve | {"average": averaged(list(per_curve.values()))}
     return FitResult(model.name, params, objective, max_iter, min(max_iter, len(paths[start].zs) - 1), start,
                      time.perf_counter() - t0, [c.name for c in curves], metrics)
+
+
+STOP_CANDIDATES = (10, 20, 30, 50, 75, 100, 150, 200, 300)
+
+
+def select_max_iter(model: LawModel, curves: Sequence[LossCurve], candidates: Sequence[int] = STOP_CANDIDATES,
+                    on_fold: Callable[[int], None] | None = None) -> dict:
+    """Choose the early stop by leave-one-curve-out validation on the fitting curves alone: fit on
+    all but one, score each iteration budget by the held-out curve's mean relative error, average
+    over the held-out curves, take the best budget (the smaller one on ties)."""
+    if len(curves) < 2:
+        raise HetronError("choosing the early stop needs at least two fitting curves (one is held out)")
+    t0 = time.perf_counter()
+    scores = {k: [] for k in candidates}
+    for i, held_out in enumerate(curves):
+        train = [c for j, c in enumerate(curves) if j != i]
+        paths = fit_paths(model, train, max(candidates))
+        for k in candidates:
+            _, z, _ = best_at(paths, k)
+            params = {n: float(v) for n, v in model.from_z(z).items()}
+            scores[k].append(curve_metrics(predict_curve(model, params, held_out), held_out.loss)["mean_rel_err"])
+        if on_fold:
+            on_fold(i)
+    mean_scores = {k: float(np.mean(v)) for k, v in scores.items()}
+    best = min(candidates, key=lambda k: (round(mean_scores[k], 6), k))
+    return {"max_iter": int(best), "validation_mean_rel_err": mean_scores,
+            "held_out": [c.name for c in curves], "seconds": time.perf_counter() - t0}

@@ -90,3 +90,13 @@ def multi_power_loss(params: MultiPowerParams, lrs: np.ndarray, steps: np.ndarra
             plan = build_loss_drop_plan(lrs, warmup_steps, steps[lo:lo + chunk], block=block, exact=exact)
             drop[lo:lo + chunk] = loss_drop_sum(plan, C, beta, gamma).numpy()
     return params.L0 + params.A * area ** -params.alpha - params.B * drop
+
+
+def predict_loss(law: str, params: dict[str, float], lrs: np.ndarray, steps: np.ndarray, warmup_steps: int,
+                 lam: float = DEFAULT_LAMBDA) -> np.ndarray:
+    """Either law by name ("mpl" | "anneal") from a parameter dict, at `steps` of the schedule `lrs`."""
+    if law == "mpl":
+        return multi_power_loss(MultiPowerParams(**params), lrs, steps, warmup_steps)
+    if law == "anneal":
+        return annealing_law_loss(AnnealingParams(**params), lrs, steps, warmup_steps, lam)
+    raise ValueError(f"unknown law {law!r}")

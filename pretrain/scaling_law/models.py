@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ import torch
 from pretrain.scaling_law.curves import LossCurve
 from pretrain.scaling_law.laws import (DEFAULT_LAMBDA, AnnealingParams, MultiPowerParams, annealing_area,
                                        forward_area)
-from pretrain.scaling_law.loss_drop import build_loss_drop_plan, loss_drop_sum
+from pretrain.scaling_law.loss_drop import build_loss_drop_plan, loss_drop_sum, merge_plans
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class LawModel:
     log_params: frozenset[str]           # optimised as log(value)
     bounds: dict[str, tuple[float, float]]   # in natural units
     starts: tuple[dict[str, float], ...]     # natural units; L0 as a fraction of the lowest loss
-    features: Callable[[LossCurve], Any]
+    features: Callable[[Sequence[LossCurve]], Any]   # of all curves, predictions concatenated
     predict: Callable[[dict[str, torch.Tensor], Any], torch.Tensor]
     make_params: Callable[..., Any]
 
@@ -43,9 +43,9 @@ class LawModel:
         return out
 
 
-def _anneal_features(curve: LossCurve, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    s1 = forward_area(curve.lrs)[curve.steps]
-    s2 = annealing_area(curve.lrs, curve.warmup_steps, lam)[curve.steps]
+def _anneal_features(curves: Sequence[LossCurve], lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    s1 = np.concatenate([forward_area(c.lrs)[c.steps] for c in curves])
+    s2 = np.concatenate([annealing_area(c.lrs, c.warmup_steps, lam)[c.steps] for c in curves])
     return torch.as_tensor(s1), torch.as_tensor(s2)
 
 
@@ -63,15 +63,16 @@ def annealing_model(lam: float = DEFAULT_LAMBDA) -> LawModel:
         starts=tuple({"L0": f, "A": a, "alpha": al, "C": c}
                      for f, a, al, c in [(0.9, 0.5, 0.5, 1.0), (0.8, 1.0, 0.3, 0.3), (0.95, 0.3, 0.8, 3.0),
                                          (0.7, 2.0, 0.2, 0.1)]),
-        features=lambda curve: _anneal_features(curve, lam),
+        features=lambda curves: _anneal_features(curves, lam),
         predict=_anneal_predict,
         make_params=AnnealingParams,
     )
 
 
-def _mpl_features(curve: LossCurve, block: int | None = None):
-    area = torch.as_tensor(forward_area(curve.lrs)[curve.steps])
-    return area, build_loss_drop_plan(curve.lrs, curve.warmup_steps, curve.steps, block=block)
+def _mpl_features(curves: Sequence[LossCurve], block: int | None = None):
+    area = torch.as_tensor(np.concatenate([forward_area(c.lrs)[c.steps] for c in curves]))
+    plans = [build_loss_drop_plan(c.lrs, c.warmup_steps, c.steps, block=block) for c in curves]
+    return area, merge_plans(plans)
 
 
 def _mpl_predict(p: dict[str, torch.Tensor], feats) -> torch.Tensor:
