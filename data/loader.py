@@ -7,7 +7,10 @@ the adaptive sequence-parallel planner sees the lengths of the whole batch on ev
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,41 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+@contextlib.contextmanager
+def machine_wide_streaming_lock():
+    """Serialise StreamingDataset creation between jobs on one machine.
+
+    Every rank of a job picks streaming's shared-memory prefix independently and only then does the
+    local leader register it; a second job registering in between makes the first job's non-leaders
+    fail ("shared memory registered does not match local leader"). The local leader holds this
+    lock while its whole job creates the dataset."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        yield
+        return
+    leader = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    handle = None
+    if leader:
+        lock_dir = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        handle = open(lock_dir / "hetron-streaming-open.lock", "w")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        dist.barrier()
+        yield
+        dist.barrier()
+    finally:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
 def open_split(split_dir: Path, *, shuffle: bool, seed: int):
+    with machine_wide_streaming_lock():
+        return _open_split(split_dir, shuffle=shuffle, seed=seed)
+
+
+def _open_split(split_dir: Path, *, shuffle: bool, seed: int):
     from streaming import StreamingDataset
 
     index = Path(split_dir) / "index.json"

@@ -11,12 +11,18 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from data.packing import MicroBatch
     from pretrain.trainer import Trainer
 
 
 class Algorithm:
     name = "algorithm"
+
+    def after_build(self, trainer: "Trainer") -> None:
+        """After the model, DDP wrapper and optimizer are built, before any checkpoint is loaded."""
+
+    def before_checkpoint_load(self, trainer: "Trainer") -> None:
+        """After this algorithm's state was restored from a checkpoint, before the model and
+        optimizer tensors are loaded (e.g. to rebuild the optimizer for the saved trainable set)."""
 
     def on_train_start(self, trainer: "Trainer") -> None:
         """After the model, optimizer and loader exist and any checkpoint is loaded."""
@@ -24,8 +30,10 @@ class Algorithm:
     def on_step_start(self, trainer: "Trainer", step: int, batch_lengths: list[int]) -> None:
         """Before the forward-backward of `step` (0-based), with the lengths of its global batch."""
 
-    def token_weights(self, trainer: "Trainer", mb: "MicroBatch", token_losses: torch.Tensor) -> torch.Tensor | None:
-        """Per-token multipliers of the loss of one micro-batch, or None to leave it unweighted."""
+    def sample_weights(self, trainer: "Trainer", step: int, losses: torch.Tensor) -> torch.Tensor | None:
+        """Weights (summing to 1) of the global batch's samples given their mean token losses, or
+        None for the plain per-token loss. An algorithm that returns weights makes the step hold
+        every micro-batch's graph until all losses of the global batch are known."""
         return None
 
     def on_step_end(self, trainer: "Trainer", step: int, metrics: dict) -> None:

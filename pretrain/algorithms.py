@@ -5,4 +5,9 @@ from pretrain.algorithm import Algorithm
 
 
 def build_algorithms(cfg) -> list[Algorithm]:
-    return []
+    from pretrain.reweighting import LossReweighting
+
+    algorithms: list[Algorithm] = []
+    if cfg.reweight.enabled:
+        algorithms.append(LossReweighting(cfg.reweight))
+    return algorithms

@@ -9,7 +9,9 @@ the newest complete one and the partial folder is ignored (and cleaned up by the
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import shutil
 from pathlib import Path
 
@@ -22,6 +24,13 @@ STATE_FILE = "hetron_state.json"
 COMPONENTS_FILE = "components.pt"
 RNG_DIR = "rng"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def fault_point(name: str, step: int) -> None:
+    """Fault injection for tests: HETRON_FAULT=NAME:STEP kills this process here, as a node failure
+    or OOM-killer would (no cleanup, no exception handlers)."""
+    if os.environ.get("HETRON_FAULT") == f"{name}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def step_dir_name(step: int) -> str:
@@ -69,6 +78,7 @@ def save_checkpoint(root: Path, step: int, model_chunks, optimizer, trainer_stat
         tmp.mkdir()
     dist.barrier()
     dist_checkpointing.save(_sharded_state(model_chunks, optimizer, is_loading=False), str(tmp))
+    fault_point("kill-in-checkpoint", step)
     (tmp / RNG_DIR).mkdir(exist_ok=True)
     torch.save(rng, tmp / RNG_DIR / f"rank_{rank:05d}.pt")
     dist.barrier()
@@ -84,10 +94,8 @@ def save_checkpoint(root: Path, step: int, model_chunks, optimizer, trainer_stat
     return final
 
 
-def load_checkpoint(path: Path, model_chunks, optimizer, rank: int) -> tuple[dict, dict, dict | None]:
-    """Loads model and optimizer in place; returns (trainer state, components, this rank's RNG or None)."""
-    from megatron.core import dist_checkpointing
-
+def read_trainer_state(path: Path) -> tuple[dict, dict]:
+    """(trainer state, components) of a complete checkpoint; a clear error if it is not one."""
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise HetronError(f"{path} is not a complete hetron checkpoint ({STATE_FILE} missing)")
@@ -95,16 +103,21 @@ def load_checkpoint(path: Path, model_chunks, optimizer, rank: int) -> tuple[dic
         trainer_state = json.loads(state_file.read_text())
     except json.JSONDecodeError as exc:
         raise HetronError(f"{state_file} is corrupt ({exc.msg})") from None
+    return trainer_state, torch.load(path / COMPONENTS_FILE, weights_only=False)
+
+
+def load_model_and_optimizer(path: Path, model_chunks, optimizer, rank: int) -> dict | None:
+    """Loads model and optimizer tensors in place; returns this rank's RNG state (None if absent)."""
+    from megatron.core import dist_checkpointing
+
     if optimizer is not None:
         _initialise_optimizer_state(optimizer)
     loaded = dist_checkpointing.load(_sharded_state(model_chunks, optimizer, is_loading=True), str(path))
     unwrap(model_chunks[0]).load_state_dict(loaded["model"])
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
-    components = torch.load(path / COMPONENTS_FILE, weights_only=False)
     rng_file = path / RNG_DIR / f"rank_{rank:05d}.pt"
-    rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
-    return trainer_state, components, rng
+    return torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
 
 
 def _initialise_optimizer_state(optimizer) -> None:

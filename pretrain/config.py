@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from pretrain.errors import ConfigError
+from pretrain.reweighting import ReweightConfig
 from pretrain.schedules import ScheduleSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -110,6 +111,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    reweight: ReweightConfig = field(default_factory=ReweightConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -254,7 +256,9 @@ def load_config(config_file: str | None = None, overrides: list[str] = ()) -> Co
         # Unset schedule keys keep Config's defaults; the schedule spans the run unless told otherwise.
         schedule = {**DEFAULT_SCHEDULE, **schedule}
         train = tree.get("train", {})
-        schedule.setdefault("total_steps", train.get("steps", TrainConfig.steps) if isinstance(train, dict) else TrainConfig.steps)
+        steps = train.get("steps", TrainConfig.steps) if isinstance(train, dict) else TrainConfig.steps
+        # A non-positive train.steps is reported under its own key by validate().
+        schedule.setdefault("total_steps", max(1, steps) if isinstance(steps, int) else steps)
         if isinstance(schedule["total_steps"], int):
             schedule.setdefault("warmup_steps", schedule["total_steps"] // 10)
         tree["schedule"] = schedule
@@ -294,6 +298,10 @@ def validate(cfg: Config) -> None:
         )
     if not (cfg.resume in ("auto", "latest", "never") or Path(cfg.resume).exists()):
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint folder (or use auto | latest | never)")
+    cfg.reweight.validate()
+    if cfg.reweight.enabled and cfg.parallel.pipeline > 1:
+        raise ConfigError(f"reweight.strategy={cfg.reweight.strategy!r} needs parallel.pipeline=1 (the weights of a "
+                          "global batch are computed before its backward, which pipeline schedules interleave)")
     from pretrain.model import resolve_model  # validates the architecture against the data settings
 
     resolve_model(cfg.model, cfg.parallel)

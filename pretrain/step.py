@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
@@ -33,10 +33,6 @@ class SampleLosses:
             self.counts[sid] = self.counts.get(sid, 0) + int(c)
 
 
-# Given a micro-batch and its per-token losses, return per-token multipliers of the loss (or None).
-TokenWeightFn = Callable[[MicroBatch, torch.Tensor], torch.Tensor | None]
-
-
 def per_document_sums(values: torch.Tensor, cu_seqlens: torch.Tensor, num_docs: int) -> torch.Tensor:
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     doc_of_token = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths.to(values.device))
@@ -51,7 +47,7 @@ def packed_params(mb: MicroBatch, device: torch.device) -> PackedSeqParams:
                            max_seqlen_kv=max_len)
 
 
-def loss_func(mb: MicroBatch, record: SampleLosses, token_weights: TokenWeightFn | None, output_tensor: torch.Tensor):
+def loss_func(mb: MicroBatch, record: SampleLosses, output_tensor: torch.Tensor):
     losses = output_tensor.float().reshape(-1)
     mask = mb.loss_mask.reshape(-1).to(losses.device)
     masked = losses * mask
@@ -60,8 +56,7 @@ def loss_func(mb: MicroBatch, record: SampleLosses, token_weights: TokenWeightFn
     doc_sums = per_document_sums(detached, mb.cu_seqlens, num_docs)
     doc_counts = per_document_sums(mask, mb.cu_seqlens, num_docs)
     record.add(mb.sample_ids, doc_sums.cpu(), doc_counts.cpu())
-    weights = token_weights(mb, detached) if token_weights is not None else None
-    loss_sum = (masked * weights).sum() if weights is not None else masked.sum()
+    loss_sum = masked.sum()
     num_tokens = mask.sum().to(torch.int)
     record.token_loss_sum += float(detached.sum())
     record.token_count += int(num_tokens)
@@ -69,13 +64,13 @@ def loss_func(mb: MicroBatch, record: SampleLosses, token_weights: TokenWeightFn
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def make_forward_step(record: SampleLosses, device: torch.device, token_weights: TokenWeightFn | None = None):
+def make_forward_step(record: SampleLosses, device: torch.device):
     def forward_step(data_iterator: Iterator[MicroBatch], model):
         mb = next(data_iterator)
         output = model(
             mb.tokens.to(device), mb.positions.to(device), None, labels=mb.labels.to(device),
             packed_seq_params=packed_params(mb, device),
         )
-        return output, partial(loss_func, mb, record, token_weights)
+        return output, partial(loss_func, mb, record)
 
     return forward_step

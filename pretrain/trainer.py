@@ -20,7 +20,7 @@ from pretrain.distributed import RankInfo, rng_state, seed_everything, set_rng_s
 from pretrain.errors import HetronError
 from pretrain.metrics import MetricsWriter
 from pretrain.model import Architecture, build_gpt_model, count_parameters
-from pretrain.step import SampleLosses, make_forward_step
+from pretrain.step import SampleLosses, make_forward_step, packed_params, per_document_sums
 
 
 @dataclass
@@ -52,6 +52,9 @@ class Trainer:
         self.loader = GlobalBatchLoader(shards / "train", cfg.data.global_batch_tokens, seed=cfg.seed,
                                         shuffle=cfg.data.shuffle)
         self._eval = None
+        self.metrics_writer: MetricsWriter | None = None
+        self.last_sample_losses: torch.Tensor | None = None
+        self.last_weights: torch.Tensor | None = None
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -84,7 +87,10 @@ class Trainer:
             bf16=self.bf16, params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
             use_distributed_optimizer=self.cfg.parallel.distributed_optimizer,
         )
+        self.optimizer_config = opt_config
         self.optimizer = get_megatron_optimizer(opt_config, self.model_chunks)
+        for algo in self.algorithms:
+            algo.after_build(self)
 
     @property
     def model_config(self):
@@ -116,7 +122,7 @@ class Trainer:
         return Path(mode)
 
     def load(self, path: Path) -> None:
-        state, components, rng = ckpt.load_checkpoint(path, self.model_chunks, self.optimizer, self.info.rank)
+        state, components = ckpt.read_trainer_state(path)
         if state.get("tokenizer_fingerprint") != self.manifest.tokenizer_fingerprint:
             raise HetronError(f"checkpoint {path} was trained with another tokenizer than the shards in {self.shards}")
         self.step = int(state["step"])
@@ -124,6 +130,8 @@ class Trainer:
         self.loader.load_state_dict(components["loader"])
         for algo in self.algorithms:
             algo.load_state_dict(components["algorithms"].get(algo.name, {}))
+            algo.before_checkpoint_load(self)
+        rng = ckpt.load_model_and_optimizer(path, self.model_chunks, self.optimizer, self.info.rank)
         # RNG streams continue exactly only at the same world size; otherwise reseed deterministically.
         if rng is not None and state.get("world_size") == self.info.world_size:
             set_rng_state(rng)
@@ -136,32 +144,20 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def _token_weight_fn(self):
-        hooks = [a for a in self.algorithms if type(a).token_weights is not Algorithm.token_weights]
-        if not hooks:
-            return None
-
-        def weights(mb, token_losses):
-            out = None
-            for algo in hooks:
-                w = algo.token_weights(self, mb, token_losses)
-                if w is not None:
-                    out = w if out is None else out * w
-            return out
-
-        return weights
-
     def run_micro_batches(self, micro_batches, *, forward_only: bool, record: SampleLosses) -> tuple[float, int]:
-        """forward(-backward) of this rank's micro-batches; returns the global (loss, tokens)."""
+        """forward(-backward) of this rank's micro-batches through megatron's schedule; returns the
+        global (mean token loss, tokens)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        forward_step = make_forward_step(record, self.info.device, None if forward_only else self._token_weight_fn())
         seq_length = max(mb.tokens.shape[1] for mb in micro_batches)
         get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter(micro_batches), model=self.model_chunks,
-            num_microbatches=len(micro_batches), seq_length=seq_length, micro_batch_size=1,
-            forward_only=forward_only,
+            forward_step_func=make_forward_step(record, self.info.device), data_iterator=iter(micro_batches),
+            model=self.model_chunks, num_microbatches=len(micro_batches), seq_length=seq_length,
+            micro_batch_size=1, forward_only=forward_only,
         )
+        return self._global_loss(record)
+
+    def _global_loss(self, record: SampleLosses) -> tuple[float, int]:
         # Loss sums live on the last pipeline stage; every tensor-parallel rank holds the same copy.
         totals = torch.tensor([record.token_loss_sum, float(record.token_count)], dtype=torch.float64)
         if not self.info.is_last_stage:
@@ -170,6 +166,47 @@ class Trainer:
         dist.all_reduce(totals)
         loss_sum, count = totals.tolist()
         return loss_sum / max(count, 1.0), int(round(count / self.cfg.parallel.tensor))
+
+    def run_weighted_micro_batches(self, micro_batches, num_samples: int, record: SampleLosses,
+                                   weigh) -> tuple[float, int, torch.Tensor, torch.Tensor]:
+        """Forward every micro-batch holding its graph, gather the mean loss of every sample of the
+        global batch over the data-parallel domain, let `weigh` turn them into weights, then one
+        backward of sum_i w_i * l_i (scaled so megatron's division by the global token count gives
+        exactly that objective). Returns (mean token loss, tokens, per-sample losses, weights)."""
+        from megatron.core import parallel_state as ps
+        from megatron.core.distributed import finalize_model_grads
+
+        model = self.model_chunks[0]
+        held = []
+        local = torch.zeros(num_samples, 2, dtype=torch.float64)
+        for mb in micro_batches:
+            output = model(mb.tokens.to(self.info.device), mb.positions.to(self.info.device), None,
+                           labels=mb.labels.to(self.info.device), packed_seq_params=packed_params(mb, self.info.device))
+            mask = mb.loss_mask.reshape(-1).to(output.device)
+            token_losses = output.float().reshape(-1) * mask
+            sums = per_document_sums(token_losses, mb.cu_seqlens, len(mb.sample_ids))
+            counts = per_document_sums(mask, mb.cu_seqlens, len(mb.sample_ids))
+            record.add(mb.sample_ids, sums.detach().cpu(), counts.cpu())
+            record.token_loss_sum += float(token_losses.detach().sum())
+            record.token_count += int(mask.sum())
+            ids = torch.tensor(mb.sample_ids, dtype=torch.long)
+            local[ids, 0] += sums.detach().double().cpu()
+            local[ids, 1] += counts.double().cpu()
+            held.append((ids, sums, counts))
+        gathered = local.to(self.info.device)
+        dist.all_reduce(gathered, group=ps.get_data_parallel_group())
+        gathered = gathered.cpu()
+        if bool((gathered[:, 1] == 0).any()):
+            missing = int((gathered[:, 1] == 0).nonzero()[0])
+            raise HetronError(f"sample {missing} of the global batch has no tokens on any rank")
+        losses = (gathered[:, 0] / gathered[:, 1]).float()
+        weights = weigh(losses)
+        total_tokens = float(gathered[:, 1].sum())
+        objective = sum((weights[ids].to(s.device) * total_tokens * s / c).sum() for ids, s, c in held)
+        objective.backward()
+        finalize_model_grads(self.model_chunks, torch.tensor(record.token_count, dtype=torch.int, device=self.info.device))
+        loss, tokens = self._global_loss(record)
+        return loss, tokens, losses, weights
 
     def micro_batches(self, samples):
         return micro_batches_for_rank(samples, self.arch.seq_length, self.info.dp_rank, self.info.dp_size,
@@ -187,7 +224,17 @@ class Trainer:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         record = SampleLosses()
-        loss, tokens = self.run_micro_batches(self.micro_batches(samples), forward_only=False, record=record)
+        weighers = [a for a in self.algorithms if type(a).sample_weights is not Algorithm.sample_weights]
+        self.last_sample_losses = self.last_weights = None
+        if weighers:
+            def weigh(losses):
+                w = weighers[0].sample_weights(self, self.step, losses)
+                return w if w is not None else torch.full_like(losses, 1.0 / len(losses))
+
+            loss, tokens, self.last_sample_losses, self.last_weights = self.run_weighted_micro_batches(
+                self.micro_batches(samples), len(samples), record, weigh)
+        else:
+            loss, tokens = self.run_micro_batches(self.micro_batches(samples), forward_only=False, record=record)
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             raise HetronError(f"optimizer step {self.step} failed (non-finite gradients)")
@@ -220,6 +267,7 @@ class Trainer:
     def fit(self, progress=None) -> dict:
         cfg = self.cfg
         writer = MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=self.step) if self.info.is_main else None
+        self.metrics_writer = writer
         for algo in self.algorithms:
             algo.on_train_start(self)
         n_params = count_parameters(self.arch, self.manifest.vocab_size, cfg.model.tie_embeddings)

@@ -1,0 +1,124 @@
+"""Dynamic loss-based sample reweighting (Sow et al., ICLR 2025, arXiv 2502.06733).
+
+Per step, over the whole global batch (all data-parallel ranks' samples, not one micro-batch):
+h_i = delta * (2 l_i - l_max - l_min) / max(l_max - l_min, 1e-6)  in [-delta, delta];
+f = linupper: min(h + delta, delta) | quadratic: 1 - h^2 / delta^2 | extremes: |h| | uniform: 0;
+w = softmax((f - max f) / r). The step then minimises sum_i w_i l_i (pretrain.trainer holds the
+micro-batch graphs until every loss of the global batch is known, so the weights are exact).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pretrain.algorithm import Algorithm
+from pretrain.errors import ConfigError, HetronError
+
+STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
+
+
+@dataclass
+class ReweightConfig:
+    strategy: str = "uniform"  # uniform (off) | linupper | quadratic | extremes
+    r: float = 0.4  # strength / temperature: smaller is sharper; inf gives uniform weights
+    delta: float = 1.0
+    burn_in_steps: int = 0  # plain uniform weights for the first steps
+    r_warmup: int = 0  # after burn-in, this many steps at r_warmup_value before r
+    r_warmup_value: float = 100.0
+
+    def validate(self, prefix: str = "reweight") -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"{prefix}.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if not self.r > 0:
+            raise ConfigError(f"{prefix}.r={self.r} must be positive (inf for uniform weights)")
+        if not self.delta > 0:
+            raise ConfigError(f"{prefix}.delta={self.delta} must be positive")
+        if self.burn_in_steps < 0 or self.r_warmup < 0:
+            raise ConfigError(f"{prefix}.burn_in_steps and {prefix}.r_warmup must be >= 0")
+        if not self.r_warmup_value > 0:
+            raise ConfigError(f"{prefix}.r_warmup_value={self.r_warmup_value} must be positive")
+
+    @property
+    def enabled(self) -> bool:
+        return self.strategy != "uniform"
+
+
+def strategy_scores(h: torch.Tensor, strategy: str, delta: float) -> torch.Tensor:
+    if strategy == "linupper":
+        return torch.clamp(h + delta, max=delta)
+    if strategy == "quadratic":
+        return 1.0 - h**2 / delta**2
+    if strategy == "extremes":
+        return h.abs()
+    if strategy == "uniform":
+        return torch.zeros_like(h)
+    raise ValueError(f"unknown reweighting strategy {strategy!r}")
+
+
+def sample_weights(losses: torch.Tensor, strategy: str, r: float, delta: float = 1.0) -> torch.Tensor:
+    """Weights summing to 1 for per-sample mean losses `losses` (1-D), float64 internally."""
+    losses = torch.as_tensor(losses, dtype=torch.float64)
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise HetronError(f"per-sample loss of sample {i} of the global batch is {float(losses[i])}; "
+                          "cannot compute reweighting weights")
+    lo, hi = losses.min(), losses.max()
+    h = delta * (2 * losses - hi - lo) / torch.clamp(hi - lo, min=1e-6)
+    f = strategy_scores(h, strategy, delta)
+    if math.isinf(r):
+        return torch.full_like(losses, 1.0 / len(losses))
+    return torch.softmax((f - f.max()) / r, dim=0)
+
+
+def weight_statistics(weights: torch.Tensor, losses: torch.Tensor) -> dict:
+    w = weights.double()
+    entropy = float(-(w * torch.log(torch.clamp(w, min=1e-30))).sum())
+    lo, hi = int(torch.argmin(w)), int(torch.argmax(w))
+    return {
+        "weight_entropy": entropy,
+        "weight_ess": float(1.0 / (w**2).sum()),  # effective sample size, n for uniform weights
+        "weight_min": float(w.min()),
+        "weight_max": float(w.max()),
+        "loss_of_min_weight": float(losses[lo]),
+        "loss_of_max_weight": float(losses[hi]),
+    }
+
+
+class LossReweighting(Algorithm):
+    name = "reweight"
+
+    def __init__(self, cfg: ReweightConfig):
+        self.cfg = cfg
+        self.steps_weighted = 0
+
+    def r_at(self, step: int) -> float:
+        """The strength used at `step` (0-based): inf during burn-in, then the warm-up value, then r."""
+        if step < self.cfg.burn_in_steps:
+            return math.inf
+        if step < self.cfg.burn_in_steps + self.cfg.r_warmup:
+            return self.cfg.r_warmup_value
+        return self.cfg.r
+
+    def sample_weights(self, trainer, step: int, losses: torch.Tensor) -> torch.Tensor:
+        self.steps_weighted += 1
+        return sample_weights(losses, self.cfg.strategy, self.r_at(step), self.cfg.delta).float()
+
+    def on_step_end(self, trainer, step: int, metrics: dict) -> None:
+        weights, losses = trainer.last_weights, trainer.last_sample_losses
+        if weights is None:
+            return
+        metrics.update(weight_statistics(weights, losses))
+        r = self.r_at(step - 1)
+        if math.isfinite(r):
+            metrics["reweight_r"] = r
+        if trainer.metrics_writer is not None:
+            trainer.metrics_writer.histogram("reweight/weights", weights, step)
+
+    def state_dict(self) -> dict:
+        return {"steps_weighted": self.steps_weighted}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps_weighted = int(state.get("steps_weighted", 0))

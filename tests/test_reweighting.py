@@ -1,0 +1,81 @@
+"""Loss-based sample reweighting: weights against a NumPy reference, and exact gradients under DP."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.errors import HetronError
+from pretrain.reweighting import LossReweighting, ReweightConfig, sample_weights, weight_statistics
+
+
+def numpy_reference(losses, strategy, r, delta=1.0):
+    l = np.asarray(losses, dtype=np.float64)
+    h = delta * (2 * l - l.max() - l.min()) / max(l.max() - l.min(), 1e-6)
+    f = {"linupper": np.minimum(h + delta, delta), "quadratic": 1 - h**2 / delta**2,
+         "extremes": np.abs(h), "uniform": np.zeros_like(h)}[strategy]
+    e = np.exp((f - f.max()) / r)
+    return e / e.sum()
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "linupper", "quadratic", "extremes"])
+@pytest.mark.parametrize("r", [0.1, 0.4, 3.0])
+def test_matches_numpy_reference(strategy, r):
+    rng = np.random.default_rng(hash((strategy, r)) % 2**32)
+    losses = rng.gamma(2.0, 1.5, size=37)
+    got = sample_weights(torch.tensor(losses), strategy, r).numpy()
+    np.testing.assert_allclose(got, numpy_reference(losses, strategy, r), rtol=1e-12)
+    assert got.sum() == pytest.approx(1.0)
+
+
+def test_shapes_of_the_strategies():
+    losses = torch.tensor([1.0, 2.0, 3.0])
+    lin = sample_weights(losses, "linupper", 0.4)
+    assert lin[0] < lin[1] == pytest.approx(lin[2])  # favours high losses, flat at the top
+    quad = sample_weights(losses, "quadratic", 0.4)
+    assert quad[1] > quad[0] == pytest.approx(quad[2])  # favours the middle
+    ext = sample_weights(losses, "extremes", 0.4)
+    assert ext[1] < ext[0] == pytest.approx(ext[2])
+
+
+def test_infinite_r_and_equal_losses_give_uniform():
+    losses = torch.tensor([0.5, 4.0, 2.0, 9.0])
+    torch.testing.assert_close(sample_weights(losses, "linupper", math.inf), torch.full((4,), 0.25, dtype=torch.float64))
+    torch.testing.assert_close(sample_weights(torch.full((5,), 2.0), "quadratic", 0.1), torch.full((5,), 0.2, dtype=torch.float64))
+
+
+def test_nan_loss_is_a_clear_error():
+    with pytest.raises(HetronError, match="sample 2 .* nan"):
+        sample_weights(torch.tensor([1.0, 2.0, float("nan")]), "linupper", 0.4)
+
+
+def test_burn_in_then_warmup_then_r():
+    algo = LossReweighting(ReweightConfig(strategy="linupper", r=0.4, burn_in_steps=3, r_warmup=2, r_warmup_value=50))
+    assert [algo.r_at(s) for s in range(7)] == [math.inf] * 3 + [50, 50, 0.4, 0.4]
+
+
+def test_statistics():
+    w = torch.tensor([0.1, 0.2, 0.7])
+    stats = weight_statistics(w, torch.tensor([1.0, 2.0, 3.0]))
+    assert stats["weight_ess"] == pytest.approx(1 / (0.01 + 0.04 + 0.49))
+    assert stats["loss_of_max_weight"] == 3.0 and stats["loss_of_min_weight"] == 1.0
+
+
+@pytest.mark.slow
+def test_two_rank_dp_gradients_equal_one_rank(tmp_path, small_shards):
+    from launch.local import spawn_ranks
+    from conftest import TINY
+
+    args = [f"data.shards={small_shards}", *[a for a in TINY if "=" in a], "reweight.strategy=linupper", "reweight.r=0.3",
+            "data.global_batch_tokens=1500"]
+    for n in (1, 2):
+        code = spawn_ranks("tests.grad_harness", [str(tmp_path / f"w{n}.pt"), f"run.dir={tmp_path / str(n)}", *args],
+                           n, tmp_path / f"logs{n}")
+        assert code == 0, (tmp_path / f"logs{n}").glob("*")
+    one, two = (torch.load(tmp_path / f"w{n}.pt") for n in (1, 2))
+    torch.testing.assert_close(one["weights"], two["weights"], rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(one["weights"], torch.full_like(one["weights"], 1 / len(one["weights"])))
+    for name, g in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
