@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <numeric>
@@ -91,6 +92,7 @@ struct Problem {
   const double* times;  // n x num_sizes, row-major
   std::vector<i64> tokens, lo, hi, sizes, order;
   i64 num_ranks, capacity, min_open;
+  bool densest;
   double t(i64 i, i64 s) const { return times[i * num_sizes + s]; }
 };
 
@@ -128,10 +130,18 @@ static std::optional<Packing> first_fit(const Problem& p, double limit) {
       continue;
     }
     i64 opened = -1;
+    double best_ratio = std::numeric_limits<double>::infinity();
     for (i64 s = std::min(std::max(lo_i, p.min_open), hi_i); s <= hi_i; ++s) {
       if (p.t(i, s) <= limit) {
-        opened = s;
-        break;
+        if (!p.densest) {
+          opened = s;
+          break;
+        }
+        const double ratio = static_cast<double>(p.sizes[s]) / std::floor(limit / p.t(i, s));
+        if (ratio < best_ratio) {
+          opened = s;
+          best_ratio = ratio;
+        }
       }
     }
     if (opened < 0 || out.used + p.sizes[opened] > p.num_ranks) return std::nullopt;
@@ -172,9 +182,10 @@ static std::optional<std::pair<std::vector<double>, std::vector<i64>>> rebalance
 static std::tuple<std::vector<i64>, std::vector<i64>, double> pack_microbatch(
     py::array_t<double, py::array::c_style | py::array::forcecast> times, std::vector<i64> tokens,
     std::vector<i64> lo, std::vector<i64> hi, std::vector<i64> sizes, i64 num_ranks, i64 capacity,
-    i64 iterations, i64 min_open) {
+    i64 iterations, i64 min_open, bool densest) {
   Problem p;
   p.min_open = min_open;
+  p.densest = densest;
   p.n = static_cast<i64>(tokens.size());
   if (p.n == 0) return {std::vector<i64>{}, std::vector<i64>{}, 0.0};
   if (times.ndim() != 2 || times.shape(0) != p.n || times.shape(1) != static_cast<py::ssize_t>(sizes.size()))
@@ -315,7 +326,8 @@ PYBIND11_MODULE(_native, m) {
   m.def("partition_microbatches", &partition_microbatches, py::arg("tokens"), py::arg("num_chunks"),
         py::call_guard<py::gil_scoped_release>());
   m.def("pack_microbatch", &pack_microbatch, py::arg("times"), py::arg("tokens"), py::arg("lo"), py::arg("hi"),
-        py::arg("sizes"), py::arg("num_ranks"), py::arg("capacity"), py::arg("iterations") = 24, py::arg("min_open") = 0);
+        py::arg("sizes"), py::arg("num_ranks"), py::arg("capacity"), py::arg("iterations") = 24, py::arg("min_open") = 0,
+        py::arg("densest") = false);
   m.def("fill_microbatch", &fill_microbatch, py::arg("times"), py::arg("tokens"), py::arg("lo"), py::arg("hi"),
         py::arg("sizes"), py::arg("num_ranks"), py::arg("capacity"), py::arg("limit"));
 }

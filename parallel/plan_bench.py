@@ -143,6 +143,10 @@ def main(argv: list[str]) -> int:
     cost_model = CostModel.load(args.cost_model) if args.cost_model else CostModel.preset(args.model)
     if args.capacity:
         cost_model = CostModel(**{**cost_model.__dict__, "capacity_tokens": args.capacity})
+    room = (1 << (args.gpus.bit_length() - 1)) * cost_model.capacity_tokens
+    if args.cap - 2 * args.gpus > room:
+        raise HetronError(f"--cap {args.cap}: sequences that long do not fit on {args.gpus} ranks of "
+                          f"{cost_model.capacity_tokens} tokens; use --cap <= {room + 2 * args.gpus} or more --gpus")
     batches, stats = load_batches(args.lengths, args.gpus, args.cap, args.batch_size, args.batches)
     static_degree = args.static_degree or min(cost_model.min_sp(args.cap - 2 * args.gpus), args.gpus)
     static_name = f"static-d{static_degree}"

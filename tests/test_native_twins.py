@@ -42,7 +42,9 @@ def test_pack_cpp_equals_python(lengths, fixed, min_open):
     args = packing_inputs(lengths, fixed=fixed)
     if not args[1]:
         return
-    assert native.pack_microbatch(*args, 24, min_open) == kernels_py.pack_microbatch(*args, 24, min_open)
+    for densest in (False, True):
+        assert native.pack_microbatch(*args, 24, min_open, densest) == \
+            kernels_py.pack_microbatch(*args, 24, min_open, densest)
 
 
 @settings(max_examples=60, deadline=None)

@@ -145,3 +145,12 @@ def test_real_wikipedia_batch_beats_static_and_is_near_the_bound(shared_data):
     static = simulate.static_plan(lengths, ranks, CM, 64).time_ms(lengths, CM)
     assert ours < static / 1.5
     assert ours <= 1.10 * simulate.lower_bound_ms(lengths, ranks, CM)
+
+
+@settings(max_examples=30, deadline=None)
+@given(long_tail_batch())
+def test_work_floor_is_at_least_the_simple_bounds(batch):
+    ranks, lengths = batch
+    problem = build_problem(lengths, ranks, CM)
+    simple = max(problem.min_area().sum() / ranks, problem.min_time().max())
+    assert problem.work_floor_ms() >= simple * (1 - 1e-12)

@@ -118,6 +118,7 @@ def test_milp_with_enough_time_is_not_worse_than_padding_allows():
     problem = build_problem(lengths, 8, CM)
     result = milp.solve_micro_batch(problem, np.arange(problem.size), CM, time_limit_s=10.0)
     assert result.status == "optimal"
+    assert result.micro_batch.span_ms >= problem.work_floor_ms() * (1 - 1e-12)  # the bound holds at the optimum
     greedy = fast_plan(problem)
     if len(greedy.micro_batches) == 1:
         assert result.micro_batch.span_ms <= greedy.micro_batches[0].span_ms + 1e-6

@@ -31,11 +31,12 @@ class FastPlan:
     split: str
 
 
-def pack(problem: PlanningProblem, members: np.ndarray, min_open: int = 0) -> PackedMicroBatch | None:
+def pack(problem: PlanningProblem, members: np.ndarray, min_open: int = 0,
+         densest: bool = False) -> PackedMicroBatch | None:
     members = np.asarray(members, dtype=np.int64)
     sizes_idx, assign, span = native.pack_microbatch(
         problem.times[members], problem.lengths[members].tolist(), problem.lo[members].tolist(),
-        problem.hi[members].tolist(), list(problem.sizes), problem.num_ranks, problem.capacity, 24, min_open)
+        problem.hi[members].tolist(), list(problem.sizes), problem.num_ranks, problem.capacity, 24, min_open, densest)
     if span < 0:
         return None
     buckets: list[list[int]] = [[] for _ in sizes_idx]
@@ -123,12 +124,14 @@ POOL_SIZES = (2, 4, 8)  # groups that stay inside a node: all-to-all there is ch
 
 
 def polish(problem: PlanningProblem, plan: FastPlan) -> FastPlan:
-    """Re-pack each micro-batch with new groups of at least 2, 4, 8 ranks; keep what is faster."""
-    floors = [problem.sizes.index(d) for d in POOL_SIZES if d in problem.sizes]
+    """Re-pack each micro-batch with the packer's other group-opening rules (densest, and new groups
+    of at least 2, 4, 8 ranks); keep what is faster."""
+    floors = [0] + [problem.sizes.index(d) for d in POOL_SIZES if d in problem.sizes]
+    variants = [(floor, densest) for densest in (False, True) for floor in floors][1:]
     micro_batches = list(plan.micro_batches)
     for k, mb in enumerate(micro_batches):
-        for floor in floors:
-            again = pack(problem, np.asarray(mb.members, dtype=np.int64), floor)
+        for floor, densest in variants:
+            again = pack(problem, np.asarray(mb.members, dtype=np.int64), floor, densest)
             if again is not None and again.span_ms < micro_batches[k].span_ms:
                 micro_batches[k] = again
     total = sum(mb.span_ms + problem.beta for mb in micro_batches)

@@ -82,10 +82,11 @@ def partition_microbatches(tokens: Sequence[int], num_chunks: int) -> tuple[list
     return ends, best[m][n]
 
 
-def _first_fit(order, times, tokens, lo, hi, sizes, num_ranks, capacity, min_open, limit):
+def _first_fit(order, times, tokens, lo, hi, sizes, num_ranks, capacity, min_open, densest, limit):
     """Place sequences (longest first) into the smallest fitting open group (fullest on ties), else
-    open the smallest group (of at least size index min_open, where the sequence allows) that runs
-    the sequence within `limit` ms. None if ranks run out."""
+    open a new group (of at least size index min_open, where the sequence allows) that runs the
+    sequence within `limit` ms: the smallest such, or with `densest` the one that would run the most
+    copies of the sequence per rank within the limit. None if ranks run out."""
     g_size: list[int] = []
     g_load: list[float] = []
     g_tok: list[int] = []
@@ -112,10 +113,15 @@ def _first_fit(order, times, tokens, lo, hi, sizes, num_ranks, capacity, min_ope
             assign[i] = best
             continue
         opened = -1
+        best_ratio = math.inf
         for s in range(min(max(lo_i, min_open), hi_i), hi_i + 1):
             if row[s] <= limit:
-                opened = s
-                break
+                if not densest:
+                    opened = s
+                    break
+                ratio = sizes[s] / math.floor(limit / row[s])  # ranks per copy of this sequence
+                if ratio < best_ratio:
+                    opened, best_ratio = s, ratio
         if opened < 0 or used + sizes[opened] > num_ranks:
             return None
         used += sizes[opened]
@@ -152,14 +158,16 @@ def _rebalance(order, times, tokens, lo, hi, sizes, capacity, g_size):
 
 
 def pack_microbatch(times, tokens, lo, hi, sizes, num_ranks: int, capacity: int,
-                    iterations: int = 24, min_open: int = 0) -> tuple[list[int], list[int], float]:
+                    iterations: int = 24, min_open: int = 0,
+                    densest: bool = False) -> tuple[list[int], list[int], float]:
     """Pack one micro-batch. times[i][s]: ms of sequence i on a group of sizes[s] ranks (sizes
     ascending); sequence i may use size indices lo[i]..hi[i] (lo from its memory need). Binary
     search on the makespan M with first-fit packing (feasible iff the groups fit in num_ranks), then
     ranks left over become extra groups and an LPT pass over all groups is kept if it is better.
     min_open > 0 makes new groups at least sizes[min_open] ranks: pooling memory in a larger group
     (intra-node, cheap all-to-all) beats memory fragmentation over many small groups when the
-    micro-batch is memory-bound.
+    micro-batch is memory-bound. densest opens the group size that fits the most copies of the
+    sequence per rank (better when many equal lengths would each leave a group part-empty).
     Returns (size index of each group, group of each sequence, makespan ms); ([], [], -1.0) if the
     packer found no feasible packing."""
     times = [list(map(float, row)) for row in times]
@@ -184,7 +192,7 @@ def pack_microbatch(times, tokens, lo, hi, sizes, num_ranks: int, capacity: int,
         longest = max(longest, best_time)
         total += times[i][lo[i]]
     low = max(area / num_ranks, longest)
-    args = (order, times, tokens, lo, hi, sizes, num_ranks, capacity, int(min_open))
+    args = (order, times, tokens, lo, hi, sizes, num_ranks, capacity, int(min_open), bool(densest))
     found = _first_fit(*args, low)
     best_span = -1.0
     best = None

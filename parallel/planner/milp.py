@@ -102,7 +102,8 @@ def solve_micro_batch(problem: PlanningProblem, members, cost_model, *, time_lim
     prob += pulp.lpSum(sizes[s] * used for s, _, used in groups) <= problem.num_ranks
 
     if deadline is not None:
-        time_limit_s = min(time_limit_s, deadline - time.perf_counter())
+        # keep a margin for HiGHS to stop and pulp to read the solution back before the deadline
+        time_limit_s = min(time_limit_s, 0.85 * (deadline - time.perf_counter()) - 0.005)
         if time_limit_s <= 0:
             return MilpResult(None, "not started: building the model used up the budget", None)
     prob.solve(make_solver(solver, time_limit_s))

@@ -45,13 +45,45 @@ class PlanningProblem:
     def min_micro_batches(self) -> int:
         return max(1, math.ceil(int(self.lengths.sum()) / (self.num_ranks * self.capacity)))
 
+    def work_floor_ms(self, members: np.ndarray | None = None) -> float:
+        """A lower bound on the sum of the micro-batch spans (beta excluded) of any plan of `members`.
+
+        If the spans add up to S, every sequence runs on a group where it takes <= S, so it occupies
+        at least area_i(S) = min{d * T(L_i, d) : T(L_i, d) <= S} rank-ms; micro-batch k offers at most
+        N * M_k rank-ms, N * S in all. So S >= the least S with sum_i area_i(S) <= N * S (area_i
+        falls as S grows: bisection). This is never below max(sum of least areas / N, longest time)."""
+        times = self.times if members is None else self.times[members]
+        if times.shape[0] == 0:
+            return 0.0
+        lo = self.lo if members is None else self.lo[members]
+        hi = self.hi if members is None else self.hi[members]
+        cols = np.arange(len(self.sizes))[None, :]
+        allowed = (cols >= lo[:, None]) & (cols <= hi[:, None])
+        times = np.where(allowed, times, np.inf)
+        area = times * np.asarray(self.sizes, dtype=np.float64)[None, :]
+
+        def fits(span: float) -> bool:
+            return float(np.where(times <= span, area, np.inf).min(axis=1).sum()) <= self.num_ranks * span
+
+        low = max(float(area.min(axis=1).sum()) / self.num_ranks, float(times.min(axis=1).max()))
+        if fits(low):
+            return low
+        high = low
+        while not fits(high):
+            high *= 2.0
+        for _ in range(60):
+            mid = (low + high) / 2.0
+            if fits(mid):
+                high = mid
+            else:
+                low = mid
+        return low  # infeasible side: a valid bound up to bisection precision
+
     def lower_bound_ms(self) -> float:
-        """No plan is faster: rank-time can't be below the least area over N ranks, nor a micro-batch
-        shorter than its longest sequence, and memory forces at least min_micro_batches() betas."""
+        """No plan is faster: the work floor above, plus beta for each micro-batch that memory forces."""
         if self.size == 0:
             return 0.0
-        work = max(float(self.min_area().sum()) / self.num_ranks, float(self.min_time().max()))
-        return work + self.beta * self.min_micro_batches()
+        return self.work_floor_ms() + self.beta * self.min_micro_batches()
 
 
 def group_sizes(num_ranks: int, allowed_sizes: Sequence[int] | None) -> tuple[int, ...]:

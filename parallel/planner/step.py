@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Sequence
 
+import numpy as np
+
 from parallel.cost_model import CostModel
 from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
 from parallel.planner import milp
@@ -47,15 +49,13 @@ def to_micro_batch_plan(problem: PlanningProblem, packed: PackedMicroBatch) -> M
 
 
 def micro_batch_floor_ms(problem: PlanningProblem, packed: PackedMicroBatch) -> float:
-    members = list(packed.members)
-    area = problem.min_area()[members].sum() / problem.num_ranks
-    return max(float(area), float(problem.min_time()[members].max()))
+    return problem.work_floor_ms(np.asarray(packed.members, dtype=np.int64))
 
 
 def _run_solver(problem, members, cost_model, deadline, solver):
     try:
         return milp.solve_micro_batch(problem, members, cost_model, time_limit_s=deadline - time.perf_counter(),
-                                      solver=solver, deadline=deadline - 0.005)
+                                      solver=solver, deadline=deadline)
     finally:
         _solver_busy.release()
 
