@@ -31,14 +31,18 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         import torch
 
-        from pretrain.cli import main as hetron_main
+        from pretrain.errors import HetronError
+        from pretrain.train_cli import main as train_main
 
         env = distributed_env_from_submitit(cuda_available=torch.cuda.is_available())
         os.environ.update(env.as_environ())
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         print(f"hetron job: {env.describe()}, restart {restarts}, run folder {self.run_dir}", file=sys.stderr,
               flush=True)
-        code = hetron_main(["train", *self.train_argv])
+        try:
+            code = train_main(self.train_argv)
+        except HetronError as exc:  # the user's error, as one line: the last line of the job's log
+            raise TrainingFailed(f"hetron train: error: {exc}") from None
         if code != 0:
             raise TrainingFailed(f"hetron train exited with code {code} on rank {env.rank} "
                                  f"(run folder {self.run_dir}); its error is in the lines above")

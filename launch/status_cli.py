@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -82,6 +83,14 @@ def log_to_show(record: JobRecord, failed: bool) -> Path | None:
     return stderr if stderr.is_file() else None
 
 
+def error_line(log: Path) -> str | None:
+    """The last exception line (`SomeError: message`) of a traceback in the log."""
+    # torch.distributed prefixes each rank's traceback lines with "[rankN]: ".
+    pattern = r"^(?:\[rank\d+\]:\s*)?(?:\w+\.)*(\w+(?:Error|Exception|Failed|Interrupt)\b.*)$"
+    found = re.findall(pattern, log.read_text(errors="replace"), re.MULTILINE)
+    return found[-1] if found else None
+
+
 def tail(path: Path, lines: int) -> list[str]:
     return path.read_text(errors="replace").splitlines()[-lines:]
 
@@ -106,6 +115,9 @@ def report(record: JobRecord, lines: int) -> tuple[list[str], bool]:
     if log is None:
         out.append("  no log yet")
     else:
+        error = error_line(log) if failed else None
+        if error:
+            out.append(f"  error: {error}")
         out.append(f"  last lines of {log}:")
         out += [f"    {line}" for line in tail(log, lines)]
     return out, failed

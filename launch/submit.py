@@ -228,7 +228,8 @@ def submit(prepared: PreparedSubmission) -> list[Submission]:
     return submissions
 
 
-def print_submissions(submissions: list[Submission], out=sys.stdout) -> None:
+def print_submissions(submissions: list[Submission]) -> None:
+    out = sys.stdout
     for s in submissions:
         point = f" [{sweep_folder_name(s.sweep_point)}]" if s.sweep_point else ""
         print(f"submitted job {s.job_id}{point}", file=out)

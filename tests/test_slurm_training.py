@@ -1,0 +1,144 @@
+"""`hetron submit` end to end on the real local Slurm, training the tiny model on CPUs (gloo): a 2-task job,
+a job preempted mid-run that is requeued and resumes to the same losses, a failing job, a sweep as a job
+array. Skipped, with the reason, only when no Slurm is reachable and CI is not set."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from launch.slurm_probe import slurm_unreachable_reason
+from launch.status_cli import slurm_state
+from launch.submit import Submission, SubmitOptions, prepare, submit
+from pretrain.checkpoint import newest_checkpoint
+from pretrain.cli import main as hetron
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# Small and quick: ~1 s a step on 2 busy cores; no eval, plots or TensorBoard.
+TINY = ["model.preset=tiny", "data.global_batch_tokens=1024", "train.eval_every=0", "run.plot=false",
+        "run.tensorboard=false"]
+TWO_TASKS = [*TINY, "train.steps=12", "checkpoint.every=2", "launch.nproc=2"]
+JOB_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm() -> None:
+    reason = slurm_unreachable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set, so the Slurm tests must run, but: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def hetron_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("hetron-home")
+    previous = os.environ.get("HETRON_HOME")
+    os.environ["HETRON_HOME"] = str(home)
+    yield home
+    if previous is None:
+        del os.environ["HETRON_HOME"]
+    else:
+        os.environ["HETRON_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def submitted(hetron_home):
+    """Submits through the same path as `hetron submit`; cancels whatever is still queued at the end."""
+    jobs: list[Submission] = []
+
+    def submit_run(train_args: list[str], **options) -> list[Submission]:
+        subs = submit(prepare(SubmitOptions(train_args=train_args, time="10", **options)))
+        jobs.extend(subs)
+        return subs
+
+    yield submit_run
+    for sub in jobs:
+        if not sub.job.done():
+            subprocess.run(["scancel", sub.job_id], check=False)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(submitted, tmp_path_factory) -> Submission:
+    """The reference run; queued at once so it trains while other tests run."""
+    return submitted([*TWO_TASKS, f"run.dir={tmp_path_factory.mktemp('uninterrupted')}"])[0]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows}  # a resumed run rewrites the steps after its checkpoint
+
+
+def wait_for(what: str, condition, timeout_s: float = JOB_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.3)
+
+
+def finished(sub: Submission) -> Submission:
+    wait_for(f"job {sub.job_id} to end", sub.job.done)
+    return sub
+
+
+def test_preempted_job_is_requeued_and_resumes_to_the_same_losses(submitted, uninterrupted, tmp_path):
+    preempted = submitted([*TWO_TASKS, f"run.dir={tmp_path}"])[0]
+    checkpoints = tmp_path / "checkpoints"
+    wait_for("the first checkpoint", lambda: newest_checkpoint(checkpoints) is not None)
+    assert newest_checkpoint(checkpoints).name != "step_00000012", "the run ended before it could be preempted"
+    preempted.job._interrupt()  # what Slurm does on preemption: SIGTERM, then USR2 to every task
+
+    results = finished(preempted).job.results()
+    log = preempted.stdout.read_text() + preempted.stderr.read_text()
+    assert [r["restarts"] for r in results] == [1, 1], log[-3000:]
+    assert slurm_state(preempted.job_id).requeues == 1
+    resumed = re.search(r"resumed from \S+/step_\d+ at step \d+", log)
+    assert resumed, log[-3000:]
+    got, want = losses(tmp_path), losses(finished(uninterrupted).run_dir)
+    assert got == want, f"{resumed.group()}; steps that differ: {[s for s in want if got.get(s) != want[s]]}"
+
+
+def test_two_task_job_completes_with_metrics_in_its_run_folder(uninterrupted):
+    results = finished(uninterrupted).job.results()
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert sorted(losses(uninterrupted.run_dir)) == list(range(1, 13))
+    assert (uninterrupted.run_dir / "config.yaml").is_file()
+    assert newest_checkpoint(uninterrupted.run_dir / "checkpoints").name == "step_00000012"
+    assert slurm_state(uninterrupted.job_id).state == "COMPLETED"
+
+
+def test_failing_job_shows_its_error_and_is_not_requeued(submitted, tmp_path, capsys):
+    # resume=latest with no checkpoint passes the up-front checks and fails inside the job.
+    failing = submitted([*TINY, "train.steps=2", "launch.nproc=1", "resume=latest", f"run.dir={tmp_path}"],
+                        max_requeues=3)[0]
+    error = finished(failing).job.exception()
+    assert error is not None and "resume requested but no complete checkpoint in" in str(error)
+    wait_for("accounting to record the failure", lambda: slurm_state(failing.job_id).state == "FAILED", 30)
+
+    assert hetron(["status", failing.job_id]) == 1
+    out = capsys.readouterr().out
+    assert f"job {failing.job_id}: FAILED" in out and "requeued 0 time(s)" in out
+    assert "  error: TrainingFailed: hetron train: error: resume requested but no complete checkpoint in" in out
+
+
+def test_sweep_runs_as_a_job_array_each_in_its_own_folder(hetron_home, tmp_path, capsys):
+    code = hetron(["submit", *TINY, "train.steps=3", "launch.nproc=1", f"run.dir={tmp_path}",
+                   "--sweep", "seed=1,2", "--time", "10", "--wait"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    job_ids = re.findall(r"submitted job (\d+_\d+) \[seed=\d\]", out)
+    array_id = job_ids[0].split("_")[0]
+    assert job_ids == [f"{array_id}_0", f"{array_id}_1"]
+    first, second = losses(tmp_path / "seed=1"), losses(tmp_path / "seed=2")
+    assert sorted(first) == sorted(second) == [1, 2, 3]
+    assert first != second  # two seeds, two runs
+
+    assert hetron(["status", array_id]) == 0
+    status = capsys.readouterr().out
+    assert status.count(": COMPLETED") == 2 and "sweep point: seed=2" in status
