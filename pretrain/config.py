@@ -14,6 +14,7 @@ import yaml
 from pretrain.errors import ConfigError
 from pretrain.reweighting import ReweightConfig
 from pretrain.schedules import ScheduleSpec
+from pretrain.stages import ReplayConfig, StageConfig, fill_stage_defaults, validate_stages
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MODEL_PRESETS = ("tiny", "125m", "1b", "7b")
@@ -112,6 +113,10 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     reweight: ReweightConfig = field(default_factory=ReweightConfig)
+    stages: list[StageConfig] = field(default_factory=list)  # continual pretraining; empty: one run on `data`
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    init_from: str = ""  # start from an earlier run's checkpoint (or run folder): its weights, step 0
+    init_optimizer: str = "keep"  # keep | reset: the optimizer state of init_from
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -251,6 +256,7 @@ def load_config(config_file: str | None = None, overrides: list[str] = ()) -> Co
     for arg in overrides:
         path, value = _parse_override(arg)
         _set_dotted(tree, path, value)
+    fill_stage_defaults(tree, DEFAULT_SCHEDULE, DataConfig.global_batch_tokens)
     schedule = tree.get("schedule", {})
     if isinstance(schedule, dict):
         # Unset schedule keys keep Config's defaults; the schedule spans the run unless told otherwise.
@@ -299,6 +305,7 @@ def validate(cfg: Config) -> None:
     if not (cfg.resume in ("auto", "latest", "never") or Path(cfg.resume).exists()):
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint folder (or use auto | latest | never)")
     cfg.reweight.validate()
+    validate_stages(cfg)
     if cfg.reweight.enabled and cfg.parallel.pipeline > 1:
         raise ConfigError(f"reweight.strategy={cfg.reweight.strategy!r} needs parallel.pipeline=1 (the weights of a "
                           "global batch are computed before its backward, which pipeline schedules interleave)")

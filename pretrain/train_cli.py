@@ -60,6 +60,10 @@ def prepare_run(cfg: Config):
     arch = resolve_model(cfg.model, cfg.parallel)
     shards, manifest = ensure_shards(cfg.data, arch.seq_length, progress=cfg.run.progress)
     check_data_against_model(cfg, shards, manifest, arch)
+    if cfg.stages:
+        from data.stage_data import stage_sources
+
+        stage_sources(cfg, shards, manifest, arch.seq_length, prepare=True)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
@@ -106,6 +110,10 @@ def run_rank(cfg: Config) -> int:
             trainer.load(resume)
             if info.is_main:
                 print(f"resumed from {resume} at step {trainer.step}", flush=True)
+        elif cfg.init_from:
+            source = trainer.initialize_from(Path(cfg.init_from))
+            if info.is_main:
+                print(f"initialized from {source} (optimizer state: {cfg.init_optimizer})", flush=True)
         progress = TrainingProgress(cfg, trainer.step, enabled=info.is_main)
         with progress:
             summary = trainer.fit(progress.update)

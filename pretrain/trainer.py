@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from data.loader import GlobalBatchLoader, eval_batches
+from data.mixture import StagedBatchLoader, init_history, stage_eval_sets
 from data.packing import micro_batches_for_rank
 from data.prepare import Manifest
 from pretrain import checkpoint as ckpt
@@ -23,6 +24,7 @@ from pretrain.model import Architecture, build_gpt_model, count_parameters
 from pretrain.step import SampleLosses, make_forward_step, packed_params, per_document_sums
 
 
+from pretrain.stages import StagePlan
 @dataclass
 class StepResult:
     step: int
@@ -49,9 +51,21 @@ class Trainer:
         self.run_dir = Path(cfg.run.dir)
         self.model_chunks = None
         self.optimizer = None
-        self.loader = GlobalBatchLoader(shards / "train", cfg.data.global_batch_tokens, seed=cfg.seed,
-                                        shuffle=cfg.data.shuffle)
-        self._eval = None
+        self.stage_plan = StagePlan.of(cfg.stages) if cfg.stages else None
+        self.staged_loader: StagedBatchLoader | None = None
+        if self.stage_plan is not None:
+            from data.stage_data import stage_sources
+
+            sources = stage_sources(cfg, shards, manifest, arch.seq_length, prepare=False)
+            self.staged_loader = StagedBatchLoader(self.stage_plan, sources, cfg.data.global_batch_tokens,
+                                                   seed=cfg.seed, shuffle=cfg.data.shuffle,
+                                                   replay_fraction=cfg.replay.fraction)
+            self.loader = self.staged_loader
+        else:
+            self.loader = GlobalBatchLoader(shards / "train", cfg.data.global_batch_tokens, seed=cfg.seed,
+                                            shuffle=cfg.data.shuffle)
+        self._eval: dict[str, list] = {}
+        self.eval_metrics: dict[str, float] = {}
         self.metrics_writer: MetricsWriter | None = None
         self.last_sample_losses: torch.Tensor | None = None
         self.last_weights: torch.Tensor | None = None
@@ -98,17 +112,42 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ checkpoints
 
+    def lr_at(self, step: int) -> float:
+        """The LR of a global step: the run's schedule, or the stage's, evaluated at step - stage start."""
+        return self.stage_plan.lr(step) if self.stage_plan is not None else self.cfg.schedule.lr(step)
+
     def components_state(self) -> dict:
-        return {"loader": self.loader.state_dict(),
+        # The train split and its shuffle let a later init_from run rebuild which samples this run saw.
+        return {"loader": self.loader.state_dict(), "train_split": str((self.shards / "train").resolve()),
+                "train_shuffle": self.cfg.data.shuffle,
                 "algorithms": {a.name: a.state_dict() for a in self.algorithms}}
 
     def save(self) -> Path:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "world_size": self.info.world_size,
                  "dp_size": self.info.dp_size, "schedule": self.cfg.schedule.to_dict(),
                  "tokenizer_fingerprint": self.manifest.tokenizer_fingerprint,
-                 "architecture": self.arch.__dict__}
+                 "architecture": self.arch.__dict__,
+                 "stages": self.stage_plan.describe() if self.stage_plan is not None else None}
         return ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.step, self.model_chunks, self.optimizer, state,
                                     self.components_state(), rng_state(), self.info.rank, self.cfg.checkpoint.keep)
+
+    def initialize_from(self, path: Path) -> Path:
+        """A new run from an earlier run's weights (and optimizer state unless init_optimizer=reset), at
+        step 0 with this run's data and schedule; the earlier run's stages feed replay and eval."""
+        path = Path(path)
+        if not (path / ckpt.STATE_FILE).is_file():
+            found = ckpt.newest_checkpoint(path) or ckpt.newest_checkpoint(path / "checkpoints")
+            if found is None:
+                raise HetronError(f"init_from={path}: no complete checkpoint there (nor under its checkpoints/)")
+            path = found
+        state, components = ckpt.read_trainer_state(path)
+        if state.get("tokenizer_fingerprint") != self.manifest.tokenizer_fingerprint:
+            raise HetronError(f"init_from={path} was trained with another tokenizer than the shards in {self.shards}")
+        keep = self.cfg.init_optimizer == "keep"
+        ckpt.load_model_and_optimizer(path, self.model_chunks, self.optimizer if keep else None, self.info.rank)
+        if self.staged_loader is not None:
+            self.staged_loader.set_history(init_history(components, replay=self.cfg.replay.fraction > 0))
+        return path
 
     def resume_path(self) -> Path | None:
         mode = self.cfg.resume
@@ -218,7 +257,7 @@ class Trainer:
         lengths = [len(s) - 1 for s in samples]
         for algo in self.algorithms:
             algo.on_step_start(self, self.step, lengths)
-        lr = self.cfg.schedule.lr(self.step)
+        lr = self.lr_at(self.step)
         self._set_lr(lr)
         for chunk in self.model_chunks:
             chunk.zero_grad_buffer()
@@ -244,23 +283,39 @@ class Trainer:
         self.tokens_seen += tokens
         return StepResult(self.step, loss, tokens, float(grad_norm or 0.0), lr, time.perf_counter() - start, record)
 
+    def eval_sets(self) -> dict[str, list[str]]:
+        """Metric key -> eval split folders; in a staged run every earlier stage is evaluated too."""
+        if self.staged_loader is None:
+            return {"eval_loss": [str(self.shards / "eval")]}
+        span, _ = self.stage_plan.locate(max(self.step - 1, 0))  # the stage of the step just taken
+        return stage_eval_sets(self.staged_loader.earlier_records()[: len(self.staged_loader.history) + span.index],
+                               span.name, self.staged_loader.sources[span.index])
+
     def evaluate(self) -> float | None:
+        """Held-out loss of the current data (returned) and of every eval set (self.eval_metrics)."""
         if self.cfg.train.eval_batches == 0:
             return None
-        if self._eval is None:
-            self._eval = eval_batches(self.shards / "eval", self.cfg.data.global_batch_tokens, self.cfg.train.eval_batches)
+        sets = self.eval_sets()
         for chunk in self.model_chunks:
             chunk.eval()
-        total, count = 0.0, 0
+        sums: dict[str, tuple[float, int]] = {}
         with torch.no_grad():
-            for samples in self._eval:
-                record = SampleLosses()
-                loss, tokens = self.run_micro_batches(self.micro_batches(samples), forward_only=True, record=record)
-                total += loss * tokens
-                count += tokens
+            for split in dict.fromkeys(s for splits in sets.values() for s in splits):
+                if split not in self._eval:
+                    self._eval[split] = eval_batches(Path(split), self.cfg.data.global_batch_tokens,
+                                                     self.cfg.train.eval_batches)
+                total, count = 0.0, 0
+                for samples in self._eval[split]:
+                    record = SampleLosses()
+                    loss, tokens = self.run_micro_batches(self.micro_batches(samples), forward_only=True, record=record)
+                    total += loss * tokens
+                    count += tokens
+                sums[split] = (total, count)
         for chunk in self.model_chunks:
             chunk.train()
-        return total / max(count, 1)
+        self.eval_metrics = {key: sum(sums[s][0] for s in splits) / max(sum(sums[s][1] for s in splits), 1)
+                             for key, splits in sets.items()}
+        return self.eval_metrics["eval_loss"]
 
     # ------------------------------------------------------------------------------------- loop
 
@@ -288,6 +343,7 @@ class Trainer:
                     eval_loss = self.evaluate()
                     if eval_loss is not None:
                         metrics["eval_loss"] = eval_loss
+                        metrics.update(self.eval_metrics)
                 if writer and (result.step % cfg.run.log_every == 0 or at_end or "eval_loss" in metrics):
                     writer.log(metrics)
                 if progress is not None:
