@@ -5,9 +5,14 @@ from pretrain.algorithm import Algorithm
 
 
 def build_algorithms(cfg) -> list[Algorithm]:
+    from pretrain.lisa import LisaLayerSampling
+    from pretrain.memory_ledger import MemoryLedgerLog
     from pretrain.reweighting import LossReweighting
 
     algorithms: list[Algorithm] = []
+    if cfg.lisa.enabled:  # first: it rebuilds DDP and the optimizer that later hooks see
+        algorithms.append(LisaLayerSampling(cfg.lisa, cfg.seed))
     if cfg.reweight.enabled:
         algorithms.append(LossReweighting(cfg.reweight))
+    algorithms.append(MemoryLedgerLog())  # last: counts memory after every other hook
     return algorithms

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from pretrain.errors import ConfigError
+from pretrain.lisa import LisaConfig
 from pretrain.reweighting import ReweightConfig
 from pretrain.schedules import ScheduleSpec
 from pretrain.stages import ReplayConfig, StageConfig, fill_stage_defaults, validate_stages
@@ -113,6 +114,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     reweight: ReweightConfig = field(default_factory=ReweightConfig)
+    lisa: LisaConfig = field(default_factory=LisaConfig)
     stages: list[StageConfig] = field(default_factory=list)  # continual pretraining; empty: one run on `data`
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     init_from: str = ""  # start from an earlier run's checkpoint (or run folder): its weights, step 0
@@ -311,7 +313,8 @@ def validate(cfg: Config) -> None:
                           "global batch are computed before its backward, which pipeline schedules interleave)")
     from pretrain.model import resolve_model  # validates the architecture against the data settings
 
-    resolve_model(cfg.model, cfg.parallel)
+    arch = resolve_model(cfg.model, cfg.parallel)
+    cfg.lisa.validate(arch.num_layers, cfg.parallel.pipeline)
 
 
 def dump_config(cfg: Config, path: Path) -> None:
