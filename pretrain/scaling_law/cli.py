@@ -15,10 +15,11 @@ import numpy as np
 
 from pretrain.errors import HetronError
 from pretrain.scaling_law.curves import LossCurve, load_curve
-from pretrain.scaling_law.laws import DEFAULT_LAMBDA, MultiPowerParams, predict_loss
 from pretrain.scaling_law.metrics import averaged, curve_metrics, pooled
 
+# torch (behind the laws) is imported only once the inputs have been read: bad input fails fast
 LAWS = ("mpl", "anneal")
+DEFAULT_LAMBDA = 0.999   # = laws.DEFAULT_LAMBDA
 
 
 def fit_parser() -> argparse.ArgumentParser:
@@ -105,7 +106,7 @@ def print_table(result: dict, fit_curves: list[LossCurve], predict_curves: list[
             row(c.name, "predict", result["predict"]["curves"][c.name])
         row("average over predicted", "", result["predict"]["average"])
         row("pooled predicted points", "", result["predict"]["pooled"])
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     console.print(table)
     console.print("params: " + ", ".join(f"{k}={v:.5g}" for k, v in result["params"].items()))
     if fit.get("selection"):
@@ -188,6 +189,8 @@ def main_predict(argv: list[str]) -> int:
         steps = np.unique(np.linspace(spec.warmup_steps, spec.total_steps - 1, 11).astype(int))
     if len(steps) == 0 or steps.min() < 1 or steps.max() >= spec.total_steps:
         raise HetronError(f"--at: steps must lie in 1..{spec.total_steps - 1} (the schedule's total_steps is {spec.total_steps})")
+    from pretrain.scaling_law.laws import predict_loss
+
     order = np.argsort(steps)
     losses = np.empty(len(steps))
     losses[order] = predict_loss(law, params, spec.lrs(), steps[order], spec.warmup_steps, lam)
@@ -203,6 +206,7 @@ def main_predict(argv: list[str]) -> int:
 
 
 def main_optimize(argv: list[str]) -> int:
+    from pretrain.scaling_law.laws import MultiPowerParams
     from pretrain.scaling_law.optimal_schedule import optimize_schedule
 
     p = argparse.ArgumentParser(prog="hetron fit-law optimize",
