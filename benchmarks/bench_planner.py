@@ -22,12 +22,49 @@ DEFAULT_LENGTHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seq
 
 
 def best_ms(fn, repeats):
+    """Least CPU ms of `repeats` runs (CPU time: other jobs share this machine)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return min(times), statistics.median(times)
+        times.append(1000 * (time.process_time() - start))
+    return min(times)
+
+
+def measure_batch(lengths, n, cm, cpp, repeats):
+    """(kernel, C++ ms, Python ms) rows for one batch; twins must agree before they are timed."""
+    problem = build_problem(lengths, n, cm)
+    values, counts = np.unique(problem.lengths, return_counts=True)
+    order = np.argsort(problem.lengths, kind="stable")
+    tokens_sorted = problem.lengths[order].tolist()
+    mb = fast_plan(problem).micro_batches[-1]
+    members = np.asarray(mb.members)
+    pack_args = (problem.times[members], problem.lengths[members].tolist(), problem.lo[members].tolist(),
+                 problem.hi[members].tolist(), list(problem.sizes), n, problem.capacity)
+    cases = {
+        "bucketing DP (16 buckets)": lambda m: m.bucket_lengths(values.tolist(), counts.tolist(), 16),
+        "micro-batch partition DP (m=3)": lambda m: m.partition_microbatches(tokens_sorted, 3),
+        "greedy packer (one micro-batch)": lambda m: m.pack_microbatch(*pack_args, 24),
+        "anchor fill (one micro-batch)": lambda m: m.fill_microbatch(*pack_args, mb.span_ms),
+    }
+    rows = []
+    for name, case in cases.items():
+        assert case(cpp) == case(kernels_py), f"{name}: C++ and Python twin disagree"
+        c = best_ms(lambda case=case: case(cpp), repeats)
+        py = best_ms(lambda case=case: case(kernels_py), max(1, repeats // 2))
+        rows.append((name, c, py))
+    c = best_ms(lambda: plan_step(lengths, n, cm, solver="none"), repeats)
+    saved = {k: getattr(native, k) for k in ("bucket_lengths", "partition_microbatches", "pack_microbatch",
+                                              "fill_microbatch")}
+    try:
+        for k in saved:
+            setattr(native, k, getattr(kernels_py, k))
+        py = best_ms(lambda: plan_step(lengths, n, cm, solver="none"), 1)
+    finally:
+        for k, v in saved.items():
+            setattr(native, k, v)
+    rows.append(("plan_step fast path, end to end", c, py))
+    return rows
 
 
 def main() -> int:
@@ -48,39 +85,9 @@ def main() -> int:
     kept = padded[padded <= 196608 - 2 * n]
     rows = []
     for b in range(args.batches):
-        lengths = kept[b * 512:(b + 1) * 512].tolist()
-        problem = build_problem(lengths, n, cm)
-        values, counts = np.unique(problem.lengths, return_counts=True)
-        order = np.argsort(problem.lengths, kind="stable")
-        tokens_sorted = problem.lengths[order].tolist()
-        mb = fast_plan(problem).micro_batches[-1]
-        members = np.asarray(mb.members)
-        pack_args = (problem.times[members], problem.lengths[members].tolist(), problem.lo[members].tolist(),
-                     problem.hi[members].tolist(), list(problem.sizes), n, problem.capacity)
-        cases = {
-            "bucketing DP (16 buckets)": lambda m: m.bucket_lengths(values.tolist(), counts.tolist(), 16),
-            "micro-batch partition DP (m=3)": lambda m: m.partition_microbatches(tokens_sorted, 3),
-            "greedy packer (one micro-batch)": lambda m: m.pack_microbatch(*pack_args, 24),
-            "anchor fill (one micro-batch)": lambda m: m.fill_microbatch(*pack_args, mb.span_ms),
-        }
-        for name, case in cases.items():
-            assert case(cpp) == case(kernels_py), f"{name}: C++ and Python twin disagree"
-            c, _ = best_ms(lambda: case(cpp), args.repeats)
-            py, _ = best_ms(lambda: case(kernels_py), max(1, args.repeats // 2))
-            rows.append((name, c, py))
-        c, _ = best_ms(lambda: plan_step(lengths, n, cm, solver="none"), args.repeats)
-        saved = {k: getattr(native, k) for k in ("bucket_lengths", "partition_microbatches", "pack_microbatch",
-                                                  "fill_microbatch")}
-        try:
-            for k in saved:
-                setattr(native, k, getattr(kernels_py, k))
-            py, _ = best_ms(lambda: plan_step(lengths, n, cm, solver="none"), 1)
-        finally:
-            for k, v in saved.items():
-                setattr(native, k, v)
-        rows.append(("plan_step fast path, end to end", c, py))
+        rows += measure_batch(kept[b * 512:(b + 1) * 512].tolist(), n, cm, cpp, args.repeats)
     print(f"C++ vs Python twin, {args.lengths}, N={n}, 7B, {args.batches} batches of 512 (best of {args.repeats})")
-    print(f"{'kernel':<34} {'C++ ms (median)':>16} {'Python ms (median)':>19} {'speedup':>8}")
+    print(f"{'kernel':<34} {'C++ cpu ms':>16} {'Python cpu ms':>19} {'speedup':>8}   (median over batches)")
     for name in dict.fromkeys(r[0] for r in rows):
         c = statistics.median(r[1] for r in rows if r[0] == name)
         py = statistics.median(r[2] for r in rows if r[0] == name)

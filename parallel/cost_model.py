@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from pretrain.errors import HetronError
 
@@ -26,9 +26,9 @@ FLEXSP_BANDWIDTH_GBPS = {2: 119.54, 4: 104.07, 8: 96.5, 16: 10.33, 32: 5.94, 64:
 # capacity_tokens: FlexSP gives C ~ 6000 for 7B (ZeRO-3, 64 GPUs). 13B and 30B are our estimates,
 # scaled by 1 / (layers * hidden) from the 7B value (activation bytes per token grow with l*h).
 _PRESETS = {
-    "7b": dict(a1=5.128e-6, a2=0.18396, beta=629.36, layers=32, hidden=4096, capacity_tokens=6000),
-    "13b": dict(a1=9.2852e-6, a2=0.30602, beta=1132.56, layers=40, hidden=5120, capacity_tokens=3840),
-    "30b": dict(a1=15.4262e-6, a2=0.80357, beta=2789.36, layers=60, hidden=6656, capacity_tokens=1969),
+    "7b": {"a1": 5.128e-6, "a2": 0.18396, "beta": 629.36, "layers": 32, "hidden": 4096, "capacity_tokens": 6000},
+    "13b": {"a1": 9.2852e-6, "a2": 0.30602, "beta": 1132.56, "layers": 40, "hidden": 5120, "capacity_tokens": 3840},
+    "30b": {"a1": 15.4262e-6, "a2": 0.80357, "beta": 2789.36, "layers": 60, "hidden": 6656, "capacity_tokens": 1969},
 }
 
 
@@ -58,7 +58,7 @@ class CostModel:
         object.__setattr__(self, "bandwidth_gbps", {int(d): float(b) for d, b in self.bandwidth_gbps.items()})
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "CostModel":
+    def preset(cls, name: str, **overrides) -> CostModel:
         key = name.lower()
         if key not in _PRESETS:
             raise HetronError(f"unknown cost-model preset {name!r}; one of: {', '.join(_PRESETS)}")
@@ -94,7 +94,7 @@ class CostModel:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "CostModel":
+    def load(cls, path: str | Path) -> CostModel:
         path = Path(path)
         if not path.is_file():
             raise HetronError(f"cost model file not found: {path} (write one with `hetron calibrate` "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from parallel.cost_model import CostModel, is_power_of_two
 from pretrain.errors import HetronError
@@ -55,7 +55,7 @@ class SequenceParallelPlan:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "SequenceParallelPlan":
+    def from_dict(cls, raw: dict) -> SequenceParallelPlan:
         try:
             micro_batches = tuple(
                 MicroBatchPlan(tuple(SPGroup(int(g["start"]), int(g["size"]), tuple(int(i) for i in g["sequences"]))
@@ -69,7 +69,7 @@ class SequenceParallelPlan:
             raise HetronError(f"malformed sequence-parallel plan: {exc!r}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "SequenceParallelPlan":
+    def from_json(cls, text: str) -> SequenceParallelPlan:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -2,8 +2,8 @@
 groups (a box per group spanning its ranks, split into its sequences), beta shown hatched."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from parallel.cost_model import CostModel
 from parallel.plan import SequenceParallelPlan

@@ -19,7 +19,7 @@ def test_plan_bench_writes_summary_plans_and_gantt(tmp_path, capsys):
     lengths = tmp_path / "lengths.txt"
     write_lengths(lengths)
     out, plans, png = tmp_path / "s.json", tmp_path / "plans.json", tmp_path / "g.png"
-    rc = cli.main(["plan-bench", "--lengths", str(lengths), "--gpus", "8", "--cap", "65536", "--batches", "2",
+    rc = cli.main(["plan-bench", "--lengths", str(lengths), "--gpus", "8", "--cap", "48000", "--batches", "2",
                    "--batch-size", "64", "--milp-seconds", "0.5", "--json", str(out), "--plans-out", str(plans),
                    "--gantt", str(png)])
     assert rc == 0
@@ -29,7 +29,7 @@ def test_plan_bench_writes_summary_plans_and_gantt(tmp_path, capsys):
     policies = summary["policies"]
     assert set(policies) == {"hetron", "static-d8", "batch-adaptive", "per-sequence", "milp-0.5s"}
     assert summary["config"]["dropped_over_cap"] == 1
-    for name, p in policies.items():
+    for p in policies.values():
         assert p["total_ms"] >= summary["lower_bound_ms"] * (1 - 1e-12)
         assert abs(p["speedup_vs_static"] - policies["static-d8"]["total_ms"] / p["total_ms"]) < 1e-9
     cm = CostModel.preset("7b")
@@ -41,12 +41,15 @@ def test_plan_bench_writes_summary_plans_and_gantt(tmp_path, capsys):
 
 
 def test_plan_bench_bad_file_is_one_line_error(tmp_path, capsys):
-    assert cli.main(["plan-bench", "--lengths", str(tmp_path / "missing.txt"), "--gpus", "8"]) == 2
+    small = ["--gpus", "8", "--cap", "48000"]
+    assert cli.main(["plan-bench", "--lengths", str(tmp_path / "missing.txt"), *small]) == 2
     assert "lengths file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.txt"
     bad.write_text("12\nabc\n")
-    assert cli.main(["plan-bench", "--lengths", str(bad), "--gpus", "8"]) == 2
+    assert cli.main(["plan-bench", "--lengths", str(bad), *small]) == 2
     assert "expected one integer per line" in capsys.readouterr().err
     bad.write_text("12\n13\n")
-    assert cli.main(["plan-bench", "--lengths", str(bad), "--gpus", "8", "--batch-size", "64"]) == 2
+    assert cli.main(["plan-bench", "--lengths", str(bad), *small, "--batch-size", "64"]) == 2
     assert "fewer than one batch" in capsys.readouterr().err
+    assert cli.main(["plan-bench", "--lengths", str(bad), "--gpus", "8", "--cap", "65536"]) == 2
+    assert "use --cap <= 48016" in capsys.readouterr().err

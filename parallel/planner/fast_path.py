@@ -4,7 +4,9 @@ with the greedy packer, and the least total time wins:
   size it may use, fill the micro-batch up to the anchor's time on that size, and keep the size with
   the least (this micro-batch + lower bound of the rest);
 - FlexSP's contiguous partition DP over sorted lengths, and LPT of rank-time over micro-batches, for
-  each micro-batch count from the memory minimum to +3."""
+  each micro-batch count from the memory minimum to +3.
+The winner's micro-batches are then re-packed with the packer's other group-opening rules (polish).
+Everything here is deterministic: ties break on sequence position."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from parallel import native
 from parallel.planner.problem import PlanningProblem
 
 EXTRA_MICRO_BATCHES = 3  # FlexSP tries the memory minimum up to +3
+BISECTION_STEPS = 14  # the packer halves its makespan interval this often: ~1e-4 relative precision
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,15 @@ def pack(problem: PlanningProblem, members: np.ndarray, min_open: int = 0,
     members = np.asarray(members, dtype=np.int64)
     sizes_idx, assign, span = native.pack_microbatch(
         problem.times[members], problem.lengths[members].tolist(), problem.lo[members].tolist(),
-        problem.hi[members].tolist(), list(problem.sizes), problem.num_ranks, problem.capacity, 24, min_open, densest)
+        problem.hi[members].tolist(), list(problem.sizes), problem.num_ranks, problem.capacity, BISECTION_STEPS,
+        min_open, densest)
     if span < 0:
         return None
-    buckets: list[list[int]] = [[] for _ in sizes_idx]
-    for pos, g in enumerate(assign):
-        buckets[g].append(int(members[pos]))
-    groups = tuple((int(s), tuple(b)) for s, b in zip(sizes_idx, buckets))
-    return PackedMicroBatch(tuple(int(m) for m in members), groups, float(span))
+    assign = np.asarray(assign, dtype=np.int64)
+    counts = np.bincount(assign, minlength=len(sizes_idx))
+    parts = np.split(members[np.argsort(assign, kind="stable")], np.cumsum(counts)[:-1])
+    groups = tuple((int(s), tuple(part.tolist())) for s, part in zip(sizes_idx, parts))
+    return PackedMicroBatch(tuple(members.tolist()), groups, float(span))
 
 
 def contiguous_split(problem: PlanningProblem, order: np.ndarray, num_chunks: int) -> list[np.ndarray]:
@@ -89,9 +93,11 @@ def fill(problem: PlanningProblem, members: np.ndarray, limit: float) -> tuple[P
         problem.times[members], problem.lengths[members].tolist(), problem.lo[members].tolist(),
         problem.hi[members].tolist(), list(problem.sizes), problem.num_ranks, problem.capacity, float(limit))
     assign = np.asarray(assign, dtype=np.int64)
-    groups = tuple((int(s), tuple(int(m) for m in members[assign == g])) for g, s in enumerate(sizes_idx))
-    taken = members[assign >= 0]
-    return PackedMicroBatch(tuple(int(m) for m in taken), groups, float(span)), members[assign < 0]
+    taken = assign >= 0
+    counts = np.bincount(assign[taken], minlength=len(sizes_idx))
+    parts = np.split(members[taken][np.argsort(assign[taken], kind="stable")], np.cumsum(counts)[:-1])
+    groups = tuple((int(s), tuple(part.tolist())) for s, part in zip(sizes_idx, parts))
+    return PackedMicroBatch(tuple(members[taken].tolist()), groups, float(span)), members[~taken]
 
 
 def anchor_fill_plan(problem: PlanningProblem, area: np.ndarray, min_time: np.ndarray) -> FastPlan | None:
@@ -121,6 +127,7 @@ def anchor_fill_plan(problem: PlanningProblem, area: np.ndarray, min_time: np.nd
 
 
 POOL_SIZES = (2, 4, 8)  # groups that stay inside a node: all-to-all there is cheap
+POLISH_SKIP_WITHIN = 1.01  # a micro-batch within 1% of its floor is not re-packed
 
 
 def polish(problem: PlanningProblem, plan: FastPlan) -> FastPlan:
@@ -128,8 +135,13 @@ def polish(problem: PlanningProblem, plan: FastPlan) -> FastPlan:
     of at least 2, 4, 8 ranks); keep what is faster."""
     floors = [0] + [problem.sizes.index(d) for d in POOL_SIZES if d in problem.sizes]
     variants = [(floor, densest) for densest in (False, True) for floor in floors][1:]
+    area, min_time = problem.min_area(), problem.min_time()
     micro_batches = list(plan.micro_batches)
     for k, mb in enumerate(micro_batches):
+        members = list(mb.members)
+        floor_ms = max(float(area[members].sum()) / problem.num_ranks, float(min_time[members].max()))
+        if mb.span_ms <= POLISH_SKIP_WITHIN * floor_ms:
+            continue
         for floor, densest in variants:
             again = pack(problem, np.asarray(mb.members, dtype=np.int64), floor, densest)
             if again is not None and again.span_ms < micro_batches[k].span_ms:
@@ -148,7 +160,8 @@ def fast_plan(problem: PlanningProblem) -> FastPlan:
     first = problem.min_micro_batches()
     best = anchor_fill_plan(problem, area, problem.min_time())
     for m in range(min(first, n), n + 1):
-        if best is not None and (work_floor + m * problem.beta >= best.total_ms or m > first + EXTRA_MICRO_BATCHES):
+        if best is not None and (POLISH_SKIP_WITHIN * (work_floor + m * problem.beta) >= best.total_ms
+                                 or m > first + EXTRA_MICRO_BATCHES):
             break
         for name, chunks in (("partition-dp", contiguous_split(problem, order, m)),
                              ("area-lpt", area_lpt_split(problem, area, m))):

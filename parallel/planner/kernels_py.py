@@ -9,7 +9,7 @@ tie-breaking, same floating-point operation order, so tests can demand exact equ
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def bucket_lengths(values: Sequence[int], counts: Sequence[int], max_buckets: int) -> tuple[list[int], int]:

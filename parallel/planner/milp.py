@@ -120,7 +120,7 @@ def solve_micro_batch(problem: PlanningProblem, members, cost_model, *, time_lim
             continue
         chosen = []
         for k, var in take.items():
-            count = int(round(var.value() or 0))
+            count = round(var.value() or 0)
             chosen += remaining[k][:count]
             remaining[k] = remaining[k][count:]
         out_groups.append((s, tuple(int(i) for i in chosen)))

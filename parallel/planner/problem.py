@@ -3,8 +3,8 @@ time of every sequence on every size, and the size range each sequence may use."
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def group_sizes(num_ranks: int, allowed_sizes: Sequence[int] | None) -> tuple[in
         raise HetronError(f"planner: num_ranks must be >= 1, got {num_ranks}")
     if allowed_sizes is None:
         return tuple(1 << k for k in range(num_ranks.bit_length()) if 1 << k <= num_ranks)
-    sizes = sorted(set(int(d) for d in allowed_sizes))
+    sizes = sorted({int(d) for d in allowed_sizes})
     bad = [d for d in sizes if not is_power_of_two(d) or d > num_ranks]
     if bad or not sizes:
         raise HetronError(f"planner: allowed_sizes must be powers of two <= {num_ranks}, got {list(allowed_sizes)}")

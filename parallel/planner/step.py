@@ -9,7 +9,7 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -95,9 +95,9 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
     micro_batches = list(plan.micro_batches)
     micro_batches[worst] = result.micro_batch
     total = sum(mb.span_ms + problem.beta for mb in micro_batches)
-    return (FastPlan(tuple(micro_batches), total, plan.split),
-            f"milp ({solver}, {result.status}): micro-batch {worst} {old.span_ms:.1f} -> "
-            f"{result.micro_batch.span_ms:.1f} ms")
+    status = (f"milp ({solver}, {result.status}): micro-batch {worst} {old.span_ms:.1f} -> "
+              f"{result.micro_batch.span_ms:.1f} ms")
+    return FastPlan(tuple(micro_batches), total, plan.split), status
 
 
 def plan_step(lengths: Sequence[int], num_ranks: int, cost_model: CostModel, *,
