@@ -60,10 +60,28 @@ class MicroBatch:
     positions: torch.Tensor  # (1, t) int64: position inside each document
     cu_seqlens: torch.Tensor  # (docs + 1,) int32 boundaries, padding is its own final segment
     sample_ids: list[int]  # index in the global batch of each document (padding excluded)
+    # Under sequence parallelism the tensors above are this rank's shard of a group's packed
+    # sequence: cu_seqlens stay those of the whole sequence, shard_offset says where the shard starts.
+    shard_offset: int = 0
+    sp_start: int = 0
+    sp_size: int = 1
 
     @property
     def num_tokens(self) -> int:
         return int(self.loss_mask.sum().item())
+
+    def local_document_index(self) -> torch.Tensor:
+        """For every token of this shard, the index of its document in cu_seqlens."""
+        lengths = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
+        doc = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        return doc[self.shard_offset:self.shard_offset + self.tokens.shape[1]]
+
+    def shard(self, rank_in_group: int, group_start: int, group_size: int) -> "MicroBatch":
+        """This rank's 1/group_size of the packed sequence (its length must divide evenly)."""
+        t = self.tokens.shape[1] // group_size
+        lo, hi = rank_in_group * t, (rank_in_group + 1) * t
+        return MicroBatch(self.tokens[:, lo:hi], self.labels[:, lo:hi], self.loss_mask[:, lo:hi],
+                          self.positions[:, lo:hi], self.cu_seqlens, self.sample_ids, lo, group_start, group_size)
 
 
 def build_micro_batch(samples: list[np.ndarray], sample_ids: list[int], pad_id: int, pad_to_multiple: int,

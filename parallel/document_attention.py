@@ -4,9 +4,10 @@ Plugged into megatron-core's GPTModel through the ModuleSpec (`core_attention`),
 DotProductAttention, which refuses packed sequences. It receives the packed 'thd' layout
 (tokens, heads, head_dim) with `packed_seq_params.cu_seqlens_q` marking document boundaries.
 
-Rotary embeddings are applied here, per document (positions restart at 0 in every document), rather
-than by GPTModel: under Ulysses sequence parallelism (parallel.ulysses) a rank sees only a shard of
-each document before the all-to-all, and positions are only known once the sequence is gathered.
+Under Ulysses sequence parallelism (parallel.ulysses) the packed params say which group runs the
+micro-batch: this rank holds 1/d of the tokens; all-to-alls gather the whole sequence for h/d heads
+around the attention. Rotary embeddings are applied here, per document (positions restart at 0 in
+every document), rather than by GPTModel, because positions are only known once gathered.
 
 Backends: flash-attn's varlen kernel when importable on GPU; otherwise torch SDPA with a
 block-diagonal causal mask (short packs) or one SDPA call per document (long packs).
@@ -18,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
+
+from parallel.ulysses import gather_heads_scatter_sequence, scatter_heads_gather_sequence
 
 try:  # optional accelerator
     from flash_attn import flash_attn_varlen_func
@@ -121,7 +124,13 @@ class DocumentAttention(MegatronModule):
         if query.dim() == 4:  # (s, b=1, h, d) when megatron did not squeeze
             query, key, value = query.squeeze(1), key.squeeze(1), value.squeeze(1)
         cu = packed_seq_params.cu_seqlens_q
-        out = self.attend(query, key, value, cu)
+        d = getattr(packed_seq_params, "sp_size", 1)
+        if d > 1:  # Ulysses: this rank holds 1/d of the group's tokens
+            group = packed_seq_params.sp_group
+            query, key, value = (scatter_heads_gather_sequence(x, group, d) for x in (query, key, value))
+            out = gather_heads_scatter_sequence(self.attend(query, key, value, cu), group, d)
+        else:
+            out = self.attend(query, key, value, cu)
         return out.reshape(out.shape[0], -1)
 
     def attend(self, query, key, value, cu_seqlens):

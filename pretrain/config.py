@@ -101,6 +101,18 @@ class LaunchConfig:
 
 
 @dataclass
+class SequenceParallelConfig:
+    """Ulysses sequence parallelism inside the data-parallel ranks (parallel.ulysses)."""
+
+    mode: str = "off"  # off (plain data parallel) | static (one group size) | adaptive (the planner)
+    degree: int = 2  # group size in static mode
+    tokens_per_rank: int = 0  # activation capacity of a rank per micro-batch; 0: model.seq_length
+    cost_model: str = "7b"  # a preset (7b, 13b, 30b) or a JSON file written by `hetron calibrate`
+    time_budget_s: float = 0.05  # hard limit of the per-step solve (planned a step ahead)
+    solver: str = "highs"  # highs | cbc | none (fast path only)
+
+
+@dataclass
 class Config:
     seed: int = 1234
     resume: str = "auto"  # auto (newest if any) | latest (newest, must exist) | never | a checkpoint folder
@@ -119,6 +131,7 @@ class Config:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     init_from: str = ""  # start from an earlier run's checkpoint (or run folder): its weights, step 0
     init_optimizer: str = "keep"  # keep | reset: the optimizer state of init_from
+    sp: SequenceParallelConfig = field(default_factory=SequenceParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -306,6 +319,7 @@ def validate(cfg: Config) -> None:
         )
     if not (cfg.resume in ("auto", "latest", "never") or Path(cfg.resume).exists()):
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint folder (or use auto | latest | never)")
+    validate_sequence_parallel(cfg)
     cfg.reweight.validate()
     validate_stages(cfg)
     if cfg.reweight.enabled and cfg.parallel.pipeline > 1:
@@ -315,6 +329,28 @@ def validate(cfg: Config) -> None:
 
     arch = resolve_model(cfg.model, cfg.parallel)
     cfg.lisa.validate(arch.num_layers, cfg.parallel.pipeline)
+
+
+def validate_sequence_parallel(cfg: Config) -> None:
+    sp = cfg.sp
+    if sp.mode not in ("off", "static", "adaptive"):
+        raise ConfigError(f"sp.mode={sp.mode!r} is not one of off, static, adaptive")
+    if sp.mode == "off":
+        return
+    if cfg.parallel.pipeline > 1:
+        raise ConfigError(f"sp.mode={sp.mode} needs parallel.pipeline=1 (micro-batch shapes vary by group)")
+    if sp.degree < 1 or sp.degree & (sp.degree - 1):
+        raise ConfigError(f"sp.degree={sp.degree} must be a power of two")
+    if sp.tokens_per_rank < 0:
+        raise ConfigError(f"sp.tokens_per_rank={sp.tokens_per_rank} must be >= 0 (0: model.seq_length)")
+    if sp.solver not in ("highs", "cbc", "none"):
+        raise ConfigError(f"sp.solver={sp.solver!r} is not one of highs, cbc, none")
+    if not sp.time_budget_s > 0:
+        raise ConfigError(f"sp.time_budget_s={sp.time_budget_s} must be positive")
+    if not sp.cost_model.endswith(".json") and sp.cost_model.lower() not in ("7b", "13b", "30b"):
+        raise ConfigError(f"sp.cost_model={sp.cost_model!r} is not a preset (7b, 13b, 30b) or a .json file")
+    if sp.cost_model.endswith(".json") and not Path(sp.cost_model).is_file():
+        raise ConfigError(f"sp.cost_model={sp.cost_model}: no such file (write one with `hetron calibrate`)")
 
 
 def dump_config(cfg: Config, path: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from data.packing import MicroBatch
+from parallel.ulysses import SequenceParallelPackedParams
 
 
 @dataclass
@@ -33,16 +34,21 @@ class SampleLosses:
             self.counts[sid] = self.counts.get(sid, 0) + int(c)
 
 
-def per_document_sums(values: torch.Tensor, cu_seqlens: torch.Tensor, num_docs: int) -> torch.Tensor:
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    doc_of_token = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths.to(values.device))
-    sums = torch.zeros(len(lengths), dtype=values.dtype, device=values.device).index_add_(0, doc_of_token, values)
-    return sums[:num_docs]
+def per_document_sums(values: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+    """Sums of per-token `values` of this rank's tokens by document (the micro-batch's sample_ids order).
+    Under sequence parallelism these are partial sums: the group's other ranks hold the rest."""
+    doc = mb.local_document_index().to(values.device)
+    sums = torch.zeros(len(mb.cu_seqlens) - 1, dtype=values.dtype, device=values.device).index_add_(0, doc, values)
+    return sums[:len(mb.sample_ids)]
 
 
-def packed_params(mb: MicroBatch, device: torch.device) -> PackedSeqParams:
+def packed_params(mb: MicroBatch, device: torch.device, sp_groups=None) -> PackedSeqParams:
     cu = mb.cu_seqlens.to(device)
     max_len = int((mb.cu_seqlens[1:] - mb.cu_seqlens[:-1]).max())
+    if mb.sp_size > 1:
+        return SequenceParallelPackedParams(
+            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len,
+            sp_group=sp_groups.group(mb.sp_start, mb.sp_size), sp_size=mb.sp_size)
     return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len,
                            max_seqlen_kv=max_len)
 
@@ -51,10 +57,9 @@ def loss_func(mb: MicroBatch, record: SampleLosses, output_tensor: torch.Tensor)
     losses = output_tensor.float().reshape(-1)
     mask = mb.loss_mask.reshape(-1).to(losses.device)
     masked = losses * mask
-    num_docs = len(mb.sample_ids)
     detached = masked.detach()
-    doc_sums = per_document_sums(detached, mb.cu_seqlens, num_docs)
-    doc_counts = per_document_sums(mask, mb.cu_seqlens, num_docs)
+    doc_sums = per_document_sums(detached, mb)
+    doc_counts = per_document_sums(mask, mb)
     record.add(mb.sample_ids, doc_sums.cpu(), doc_counts.cpu())
     loss_sum = masked.sum()
     num_tokens = mask.sum().to(torch.int)
@@ -64,12 +69,12 @@ def loss_func(mb: MicroBatch, record: SampleLosses, output_tensor: torch.Tensor)
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def make_forward_step(record: SampleLosses, device: torch.device):
+def make_forward_step(record: SampleLosses, device: torch.device, sp_groups=None):
     def forward_step(data_iterator: Iterator[MicroBatch], model):
         mb = next(data_iterator)
         output = model(
             mb.tokens.to(device), mb.positions.to(device), None, labels=mb.labels.to(device),
-            packed_seq_params=packed_params(mb, device),
+            packed_seq_params=packed_params(mb, device, sp_groups),
         )
         return output, partial(loss_func, mb, record)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,10 +21,13 @@ from pretrain.distributed import RankInfo, rng_state, seed_everything, set_rng_s
 from pretrain.errors import HetronError
 from pretrain.metrics import MetricsWriter
 from pretrain.model import Architecture, build_gpt_model, count_parameters
+from parallel.plan_execution import (PlannedBatches, align_groups, allowed_group_sizes, plan_statistics,
+                                     rank_micro_batches)
+from parallel.ulysses import SequenceParallelGroups
+from pretrain.stages import StagePlan
 from pretrain.step import SampleLosses, make_forward_step, packed_params, per_document_sums
 
 
-from pretrain.stages import StagePlan
 @dataclass
 class StepResult:
     step: int
@@ -67,6 +70,8 @@ class Trainer:
         self._eval: dict[str, list] = {}
         self.eval_metrics: dict[str, float] = {}
         self.metrics_writer: MetricsWriter | None = None
+        self.sp_groups = None
+        self.last_plan = None
         self.last_sample_losses: torch.Tensor | None = None
         self.last_weights: torch.Tensor | None = None
 
@@ -103,6 +108,8 @@ class Trainer:
         )
         self.optimizer_config = opt_config
         self.optimizer = get_megatron_optimizer(opt_config, self.model_chunks)
+        if self.cfg.sp.mode != "off":
+            self._setup_sequence_parallel()
         for algo in self.algorithms:
             algo.after_build(self)
 
@@ -190,7 +197,8 @@ class Trainer:
 
         seq_length = max(mb.tokens.shape[1] for mb in micro_batches)
         get_forward_backward_func()(
-            forward_step_func=make_forward_step(record, self.info.device), data_iterator=iter(micro_batches),
+            forward_step_func=make_forward_step(record, self.info.device, self.sp_groups),
+            data_iterator=iter(micro_batches),
             model=self.model_chunks, num_microbatches=len(micro_batches), seq_length=seq_length,
             micro_batch_size=1, forward_only=forward_only,
         )
@@ -220,11 +228,12 @@ class Trainer:
         local = torch.zeros(num_samples, 2, dtype=torch.float64)
         for mb in micro_batches:
             output = model(mb.tokens.to(self.info.device), mb.positions.to(self.info.device), None,
-                           labels=mb.labels.to(self.info.device), packed_seq_params=packed_params(mb, self.info.device))
+                           labels=mb.labels.to(self.info.device),
+                           packed_seq_params=packed_params(mb, self.info.device, self.sp_groups))
             mask = mb.loss_mask.reshape(-1).to(output.device)
             token_losses = output.float().reshape(-1) * mask
-            sums = per_document_sums(token_losses, mb.cu_seqlens, len(mb.sample_ids))
-            counts = per_document_sums(mask, mb.cu_seqlens, len(mb.sample_ids))
+            sums = per_document_sums(token_losses, mb)
+            counts = per_document_sums(mask, mb)
             record.add(mb.sample_ids, sums.detach().cpu(), counts.cpu())
             record.token_loss_sum += float(token_losses.detach().sum())
             record.token_count += int(mask.sum())
@@ -247,13 +256,52 @@ class Trainer:
         loss, tokens = self._global_loss(record)
         return loss, tokens, losses, weights
 
-    def micro_batches(self, samples):
-        return micro_batches_for_rank(samples, self.arch.seq_length, self.info.dp_rank, self.info.dp_size,
-                                      self.manifest.pad_id, fixed_shape=self.cfg.parallel.pipeline > 1)
+    def micro_batches(self, samples, plan=None):
+        """This rank's micro-batches of a global batch: packed for plain data parallelism, or the
+        rank's shards of a sequence-parallel plan (the loader's plan, made a step ahead; eval
+        batches are planned here with the deterministic fast path)."""
+        if self.cfg.sp.mode == "off":
+            return micro_batches_for_rank(samples, self.arch.seq_length, self.info.dp_rank, self.info.dp_size,
+                                          self.manifest.pad_id, fixed_shape=self.cfg.parallel.pipeline > 1)
+        lengths = [len(s) - 1 for s in samples]
+        plan = align_groups(plan or self._make_plan(lengths, solver="none"))
+        plan.validate(lengths, self.sp_cost_model)
+        return rank_micro_batches(plan, samples, self.info.dp_rank, self.manifest.pad_id)
+
+    def _setup_sequence_parallel(self) -> None:
+        from parallel.cost_model import CostModel
+
+        sp = self.cfg.sp
+        tc = self.model_config
+        tp = self.cfg.parallel.tensor
+        self.sp_sizes = allowed_group_sizes(tc.num_attention_heads // tp, tc.num_query_groups // tp, self.info.dp_size)
+        if sp.mode == "static" and sp.degree not in self.sp_sizes:
+            raise HetronError(f"sp.degree={sp.degree} is not a usable group size here; usable: {self.sp_sizes} "
+                              f"(powers of two <= {self.info.dp_size} data-parallel ranks dividing the head counts)")
+        capacity = sp.tokens_per_rank or self.arch.seq_length
+        if Path(sp.cost_model).suffix == ".json":
+            self.sp_cost_model = CostModel.load(sp.cost_model)
+            self.sp_cost_model = replace(self.sp_cost_model, capacity_tokens=capacity)
+        else:
+            self.sp_cost_model = CostModel.preset(sp.cost_model, capacity_tokens=capacity)
+        self.sp_groups = SequenceParallelGroups(self.sp_sizes)
+        self.loader = PlannedBatches(self.loader, self._make_plan, is_main=self.info.is_main)
+
+    def _make_plan(self, lengths, solver: str | None = None):
+        from parallel.planner import plan_step
+        from parallel.simulate import static_plan
+
+        sp = self.cfg.sp
+        if sp.mode == "static":
+            return static_plan(lengths, self.info.dp_size, self.sp_cost_model, sp.degree)
+        return plan_step(lengths, self.info.dp_size, self.sp_cost_model, time_budget_s=sp.time_budget_s,
+                         solver=solver or sp.solver, allowed_sizes=self.sp_sizes)
 
     def train_step(self) -> StepResult:
         start = time.perf_counter()
         samples = self.loader.next_batch()
+        plan = getattr(self.loader, "plan", None)
+        self.last_plan = plan
         lengths = [len(s) - 1 for s in samples]
         for algo in self.algorithms:
             algo.on_step_start(self, self.step, lengths)
@@ -271,9 +319,9 @@ class Trainer:
                 return w if w is not None else torch.full_like(losses, 1.0 / len(losses))
 
             loss, tokens, self.last_sample_losses, self.last_weights = self.run_weighted_micro_batches(
-                self.micro_batches(samples), len(samples), record, weigh)
+                self.micro_batches(samples, plan), len(samples), record, weigh)
         else:
-            loss, tokens = self.run_micro_batches(self.micro_batches(samples), forward_only=False, record=record)
+            loss, tokens = self.run_micro_batches(self.micro_batches(samples, plan), forward_only=False, record=record)
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             raise HetronError(f"optimizer step {self.step} failed (non-finite gradients)")
@@ -336,6 +384,8 @@ class Trainer:
                 metrics = {"step": result.step, "loss": result.loss, "lr": result.lr, "tokens": self.tokens_seen,
                            "tokens_per_s": result.tokens / result.seconds, "step_s": result.seconds,
                            "grad_norm": result.grad_norm, "batch_tokens": result.tokens}
+                if self.last_plan is not None:
+                    metrics.update(plan_statistics(self.last_plan))
                 for algo in self.algorithms:
                     algo.on_step_end(self, result.step, metrics)
                 at_end = result.step == cfg.train.steps
