@@ -44,6 +44,7 @@ class SubmitOptions:
     max_requeues: int = 3
     seconds_per_step: float | None = None
     sweep: list[str] = field(default_factory=list)  # key=v1,v2,...; several: their product
+    array_parallelism: int | None = None  # most sweep runs running at once (default: all)
     job_name: str = "hetron"
     local: bool = False
 
@@ -118,7 +119,7 @@ def _slurm_parameters(options: SubmitOptions, tasks_per_node: int, time_min: int
         "ntasks_per_node": tasks_per_node, "cpus_per_task": options.cpus_per_task, "time": time_min,
         "gpus_per_node": options.gpus_per_node or None, "account": options.account, "qos": options.qos,
         "constraint": options.constraint, "mem": options.mem, "signal_delay_s": SIGNAL_DELAY_S,
-        "additional_parameters": extra or None,
+        "additional_parameters": extra or None, "array_parallelism": options.array_parallelism,
     }
     return {k: v for k, v in wanted.items() if v is not None}
 
@@ -162,6 +163,8 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
     for name in ("nodes", "cpus_per_task"):
         if getattr(options, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
+    if options.array_parallelism is not None and options.array_parallelism < 1:
+        raise ConfigError(f"--array-parallelism {options.array_parallelism}: must be at least 1")
     if options.gpus_per_node < 0 or options.max_requeues < 0:
         raise ConfigError("--gpus-per-node and --max-requeues must not be negative")
     if options.local and options.nodes != 1:

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured training step time, to check --time against checkpoint.every")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="one run per value, as a job array, each in run.dir/KEY=VALUE (repeatable: product)")
+    p.add_argument("--array-parallelism", type=int, help="most sweep runs running at once (default: all)")
     p.add_argument("--job-name", default="hetron")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing")
     p.add_argument("--local", action="store_true",
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> int:
         tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, partition=args.partition,
         time=args.time, account=args.account, qos=args.qos, constraint=args.constraint, mem=args.mem,
         sbatch=args.sbatch, max_requeues=args.max_requeues, seconds_per_step=args.seconds_per_step,
-        sweep=args.sweep, job_name=args.job_name, local=args.local)
+        sweep=args.sweep, array_parallelism=args.array_parallelism, job_name=args.job_name, local=args.local)
     prepared = prepare(options, cluster_optional=args.dry_run)
     if args.dry_run:
         for run in prepared.runs:  # on stderr: stdout is the sbatch file alone

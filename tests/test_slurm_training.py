@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 # Small and quick: ~1 s a step on 2 busy cores; no eval, plots or TensorBoard.
 TINY = ["model.preset=tiny", "data.global_batch_tokens=1024", "train.eval_every=0", "run.plot=false",
         "run.tensorboard=false"]
-TWO_TASKS = [*TINY, "train.steps=12", "checkpoint.every=2", "launch.nproc=2"]
+TWO_TASKS = [*TINY, "train.steps=8", "checkpoint.every=2", "launch.nproc=2"]
 JOB_TIMEOUT_S = 240
 
 
@@ -66,8 +66,9 @@ def submitted(hetron_home):
 
 @pytest.fixture(scope="module")
 def uninterrupted(submitted, tmp_path_factory) -> Submission:
-    """The reference run; queued at once so it trains while other tests run."""
-    return submitted([*TWO_TASKS, f"run.dir={tmp_path_factory.mktemp('uninterrupted')}"])[0]
+    """The reference run, to its end. The tests' jobs run one after another: mosaicml-streaming's
+    shared-memory registration has raced between jobs opening datasets at the same moment."""
+    return finished(submitted([*TWO_TASKS, f"run.dir={tmp_path_factory.mktemp('uninterrupted')}"])[0])
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -87,11 +88,20 @@ def finished(sub: Submission) -> Submission:
     return sub
 
 
+def test_two_task_job_completes_with_metrics_in_its_run_folder(uninterrupted):
+    results = uninterrupted.job.results()
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert sorted(losses(uninterrupted.run_dir)) == list(range(1, 9))
+    assert (uninterrupted.run_dir / "config.yaml").is_file()
+    assert newest_checkpoint(uninterrupted.run_dir / "checkpoints").name == "step_00000008"
+    wait_for("accounting to record the end", lambda: slurm_state(uninterrupted.job_id).state == "COMPLETED", 60)
+
+
 def test_preempted_job_is_requeued_and_resumes_to_the_same_losses(submitted, uninterrupted, tmp_path):
     preempted = submitted([*TWO_TASKS, f"run.dir={tmp_path}"])[0]
     checkpoints = tmp_path / "checkpoints"
     wait_for("the first checkpoint", lambda: newest_checkpoint(checkpoints) is not None)
-    assert newest_checkpoint(checkpoints).name != "step_00000012", "the run ended before it could be preempted"
+    assert newest_checkpoint(checkpoints).name != "step_00000008", "the run ended before it could be preempted"
     preempted.job._interrupt()  # what Slurm does on preemption: SIGTERM, then USR2 to every task
 
     results = finished(preempted).job.results()
@@ -100,17 +110,8 @@ def test_preempted_job_is_requeued_and_resumes_to_the_same_losses(submitted, uni
     assert slurm_state(preempted.job_id).requeues == 1
     resumed = re.search(r"resumed from \S+/step_\d+ at step \d+", log)
     assert resumed, log[-3000:]
-    got, want = losses(tmp_path), losses(finished(uninterrupted).run_dir)
+    got, want = losses(tmp_path), losses(uninterrupted.run_dir)
     assert got == want, f"{resumed.group()}; steps that differ: {[s for s in want if got.get(s) != want[s]]}"
-
-
-def test_two_task_job_completes_with_metrics_in_its_run_folder(uninterrupted):
-    results = finished(uninterrupted).job.results()
-    assert sorted(r["rank"] for r in results) == [0, 1]
-    assert sorted(losses(uninterrupted.run_dir)) == list(range(1, 13))
-    assert (uninterrupted.run_dir / "config.yaml").is_file()
-    assert newest_checkpoint(uninterrupted.run_dir / "checkpoints").name == "step_00000012"
-    assert slurm_state(uninterrupted.job_id).state == "COMPLETED"
 
 
 def test_failing_job_shows_its_error_and_is_not_requeued(submitted, tmp_path, capsys):
@@ -128,17 +129,20 @@ def test_failing_job_shows_its_error_and_is_not_requeued(submitted, tmp_path, ca
 
 
 def test_sweep_runs_as_a_job_array_each_in_its_own_folder(hetron_home, tmp_path, capsys):
-    code = hetron(["submit", *TINY, "train.steps=3", "launch.nproc=1", f"run.dir={tmp_path}",
-                   "--sweep", "seed=1,2", "--time", "10", "--wait"])
+    code = hetron(["submit", *TINY, "train.steps=2", "launch.nproc=1", f"run.dir={tmp_path}",
+                   "--sweep", "seed=1,2", "--array-parallelism", "1", "--time", "10", "--wait"])
     out = capsys.readouterr().out
     assert code == 0, out
     job_ids = re.findall(r"submitted job (\d+_\d+) \[seed=\d\]", out)
     array_id = job_ids[0].split("_")[0]
     assert job_ids == [f"{array_id}_0", f"{array_id}_1"]
     first, second = losses(tmp_path / "seed=1"), losses(tmp_path / "seed=2")
-    assert sorted(first) == sorted(second) == [1, 2, 3]
+    assert sorted(first) == sorted(second) == [1, 2]
     assert first != second  # two seeds, two runs
+    assert "#SBATCH --array=0-1%1" in (tmp_path / "slurm" / f"{array_id}_submission.sh").read_text()
 
+    for job_id in job_ids:
+        wait_for(f"accounting to record {job_id}'s end", lambda j=job_id: slurm_state(j).state == "COMPLETED", 60)
     assert hetron(["status", array_id]) == 0
     status = capsys.readouterr().out
     assert status.count(": COMPLETED") == 2 and "sweep point: seed=2" in status
