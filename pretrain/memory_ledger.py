@@ -57,9 +57,9 @@ def count_memory(model_chunks, optimizer) -> MemoryLedger:
         for p in module.parameters():
             params.update(_storages([p]))
             grads.update(_storages([getattr(p, "main_grad", None), p.grad]))
-        for buffer in list(getattr(chunk, "buffers", [])) + list(getattr(chunk, "expert_parallel_buffers", [])):
-            if isinstance(buffer, torch.Tensor):
-                continue  # nn.Module.buffers is a method; megatron's DDP replaces it by a list
+        ddp_buffers = getattr(chunk, "buffers", None)  # megatron's DDP: a list (nn.Module's is a method)
+        ddp_buffers = ddp_buffers if isinstance(ddp_buffers, list) else []
+        for buffer in ddp_buffers + list(getattr(chunk, "expert_parallel_buffers", [])):
             grads.update(_storages([getattr(buffer, "grad_data", None)]))
             params.update(_storages([getattr(buffer, "param_data", None)]))
     optim = {k: v for k, v in _storages(_optimizer_tensors(optimizer) if optimizer is not None else []).items()
