@@ -18,6 +18,8 @@ from parallel.planner.problem import PlanningProblem
 
 EXTRA_MICRO_BATCHES = 3  # FlexSP tries the memory minimum up to +3
 BISECTION_STEPS = 14  # the packer halves its makespan interval this often: ~1e-4 relative precision
+POOL_SIZES = (2, 4, 8)  # groups that stay inside a node: all-to-all there is cheap
+POLISH_SKIP_WITHIN = 1.01  # a micro-batch within 1% of its floor is not re-packed
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,16 @@ def pack(problem: PlanningProblem, members: np.ndarray, min_open: int = 0,
         min_open, densest)
     if span < 0:
         return None
-    assign = np.asarray(assign, dtype=np.int64)
-    counts = np.bincount(assign, minlength=len(sizes_idx))
-    parts = np.split(members[np.argsort(assign, kind="stable")], np.cumsum(counts)[:-1])
-    groups = tuple((int(s), tuple(part.tolist())) for s, part in zip(sizes_idx, parts))
+    groups = grouped(members, np.asarray(assign, dtype=np.int64), sizes_idx)
     return PackedMicroBatch(tuple(members.tolist()), groups, float(span))
+
+
+def grouped(members: np.ndarray, assign: np.ndarray, sizes_idx) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """(size index, members) per group from each member's group number."""
+    ordered = members[np.argsort(assign, kind="stable")].tolist()
+    ends = np.cumsum(np.bincount(assign, minlength=len(sizes_idx))).tolist()
+    starts = [0, *ends[:-1]]
+    return tuple((int(s), tuple(ordered[a:b])) for s, a, b in zip(sizes_idx, starts, ends))
 
 
 def contiguous_split(problem: PlanningProblem, order: np.ndarray, num_chunks: int) -> list[np.ndarray]:
@@ -94,9 +101,7 @@ def fill(problem: PlanningProblem, members: np.ndarray, limit: float) -> tuple[P
         problem.hi[members].tolist(), list(problem.sizes), problem.num_ranks, problem.capacity, float(limit))
     assign = np.asarray(assign, dtype=np.int64)
     taken = assign >= 0
-    counts = np.bincount(assign[taken], minlength=len(sizes_idx))
-    parts = np.split(members[taken][np.argsort(assign[taken], kind="stable")], np.cumsum(counts)[:-1])
-    groups = tuple((int(s), tuple(part.tolist())) for s, part in zip(sizes_idx, parts))
+    groups = grouped(members[taken], assign[taken], sizes_idx)
     return PackedMicroBatch(tuple(members[taken].tolist()), groups, float(span)), members[~taken]
 
 
@@ -114,9 +119,12 @@ def anchor_fill_plan(problem: PlanningProblem, area: np.ndarray, min_time: np.nd
             mb, rest = fill(problem, left, problem.times[anchor, s])
             if not mb.members:
                 continue
-            repacked = pack(problem, np.asarray(mb.members, dtype=np.int64))
-            if repacked is not None and repacked.span_ms < mb.span_ms:
-                mb = repacked
+            taken = np.asarray(mb.members, dtype=np.int64)
+            floor_ms = max(float(area[taken].sum()) / problem.num_ranks, float(min_time[taken].max()))
+            if mb.span_ms > POLISH_SKIP_WITHIN * floor_ms:
+                repacked = pack(problem, taken)
+                if repacked is not None and repacked.span_ms < mb.span_ms:
+                    mb = repacked
             score = mb.span_ms + problem.beta + rest_floor_ms(problem, area, min_time, rest)
             options.append((score, 1 + s, mb, rest))
         if not options:
@@ -124,10 +132,6 @@ def anchor_fill_plan(problem: PlanningProblem, area: np.ndarray, min_time: np.nd
         _, _, mb, left = min(options, key=lambda o: (o[0], o[1]))
         packed.append(mb)
     return FastPlan(tuple(packed), sum(mb.span_ms + problem.beta for mb in packed), "anchor-fill")
-
-
-POOL_SIZES = (2, 4, 8)  # groups that stay inside a node: all-to-all there is cheap
-POLISH_SKIP_WITHIN = 1.01  # a micro-batch within 1% of its floor is not re-packed
 
 
 def polish(problem: PlanningProblem, plan: FastPlan) -> FastPlan:
