@@ -36,7 +36,8 @@ def fit_parser() -> argparse.ArgumentParser:
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--max-iter", type=int, default=None, help="early stop: L-BFGS-B iterations (default: converge)")
     stop.add_argument("--select-stop", action="store_true",
-                      help="choose the early stop by leave-one-curve-out validation on the --fit curves")
+                      help="choose the early stop by validation on the --fit curves (each held out whole, "
+                           "and each one's last 30%% held out)")
     p.add_argument("--json", default=None, help="write parameters and metrics here")
     p.add_argument("--plot", default=None, help="PNG of data, fit and prediction (one per law: NAME-LAW.png with --law both)")
     return p
@@ -67,7 +68,10 @@ def run_fit(law: str, fit_curves: list[LossCurve], predict_curves: list[LossCurv
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         if args.select_stop:
-            task = progress.add_task(f"{law}: choosing the early stop (hold one curve out)", total=len(fit_curves))
+            from pretrain.scaling_law.fit import validation_folds
+
+            task = progress.add_task(f"{law}: choosing the early stop (validation folds)",
+                                     total=len(validation_folds(fit_curves)))
             selection = select_max_iter(model, fit_curves, on_fold=lambda i: progress.advance(task))
         max_iter = selection["max_iter"] if selection else (args.max_iter or CONVERGED)
         task = progress.add_task(f"{law}: fitting {len(fit_curves)} curve(s)", total=len(model.starts))
@@ -111,7 +115,7 @@ def print_table(result: dict, fit_curves: list[LossCurve], predict_curves: list[
     console.print("params: " + ", ".join(f"{k}={v:.5g}" for k, v in result["params"].items()))
     if fit.get("selection"):
         sel = fit["selection"]
-        console.print(f"early stop chosen by leave-one-curve-out validation: max_iter={sel['max_iter']} "
+        console.print(f"early stop chosen by validation on the fitting curves: max_iter={sel['max_iter']} "
                       f"({sel['seconds']:.1f} s)")
 
 

@@ -121,7 +121,7 @@ def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONV
             path.objectives.append(objective(zk)[0])
 
         scipy.optimize.minimize(objective, z0, jac=True, method="L-BFGS-B", bounds=bounds, callback=record,
-                                options={"maxiter": max_iter, "ftol": 1e-14, "gtol": 1e-10, "maxcor": 20})
+                                options={"maxiter": max_iter, "ftol": 1e-10, "gtol": 1e-10, "maxcor": 20})
         paths.append(path)
         if on_start:
             on_start(i)
@@ -158,19 +158,39 @@ def fit_law(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVER
 
 
 STOP_CANDIDATES = (10, 20, 30, 50, 75, 100, 150, 200, 300)
+TAIL_FRACTION = 0.3
+
+
+def validation_folds(curves: Sequence[LossCurve], tail_fraction: float = TAIL_FRACTION
+                     ) -> list[tuple[str, list[LossCurve], LossCurve]]:
+    """(label, training curves, held-out curve): each curve held out whole (when there are at least
+    two), and each curve's last `tail_fraction` of points held out while its head stays in."""
+    folds = []
+    if len(curves) >= 2:
+        for i, c in enumerate(curves):
+            folds.append((f"hold out {c.name}", [o for j, o in enumerate(curves) if j != i], c))
+    for i, c in enumerate(curves):
+        cut = int(round(len(c.steps) * (1 - tail_fraction)))
+        if cut < 5 or len(c.steps) - cut < 3:
+            continue
+        head = LossCurve(c.name, c.steps[:cut], c.loss[:cut], c.lrs, c.warmup_steps, c.source)
+        tail = LossCurve(f"{c.name} tail", c.steps[cut:], c.loss[cut:], c.lrs, c.warmup_steps, c.source)
+        folds.append((f"hold out the tail of {c.name}", [head if j == i else o for j, o in enumerate(curves)], tail))
+    return folds
 
 
 def select_max_iter(model: LawModel, curves: Sequence[LossCurve], candidates: Sequence[int] = STOP_CANDIDATES,
-                    on_fold: Callable[[int], None] | None = None) -> dict:
-    """Choose the early stop by leave-one-curve-out validation on the fitting curves alone: fit on
-    all but one, score each iteration budget by the held-out curve's mean relative error, average
-    over the held-out curves, take the best budget (the smaller one on ties)."""
-    if len(curves) < 2:
-        raise HetronError("choosing the early stop needs at least two fitting curves (one is held out)")
+                    on_fold: Callable[[int], None] | None = None, tail_fraction: float = TAIL_FRACTION) -> dict:
+    """Choose the early stop by validation on the fitting curves alone: for every fold of
+    `validation_folds` (each curve held out whole, and each curve's tail held out), fit on the rest,
+    score each iteration budget by the held-out points' mean relative error, average over the folds,
+    and take the best budget (the smaller one on ties)."""
+    folds = validation_folds(curves, tail_fraction)
+    if not folds:
+        raise HetronError("choosing the early stop needs two fitting curves or curves long enough to hold out a tail")
     t0 = time.perf_counter()
     scores = {k: [] for k in candidates}
-    for i, held_out in enumerate(curves):
-        train = [c for j, c in enumerate(curves) if j != i]
+    for i, (_, train, held_out) in enumerate(folds):
         paths = fit_paths(model, train, max(candidates))
         for k in candidates:
             _, z, _ = best_at(paths, k)
@@ -181,4 +201,5 @@ def select_max_iter(model: LawModel, curves: Sequence[LossCurve], candidates: Se
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items()}
     best = min(candidates, key=lambda k: (round(mean_scores[k], 6), k))
     return {"max_iter": int(best), "validation_mean_rel_err": mean_scores,
-            "held_out": [c.name for c in curves], "seconds": time.perf_counter() - t0}
+            "per_fold": {label: {k: scores[k][i] for k in candidates} for i, (label, _, _) in enumerate(folds)},
+            "seconds": time.perf_counter() - t0}
