@@ -110,3 +110,4 @@ def test_packer_output_is_a_valid_micro_batch(lengths, min_open):
         used_tokens[g] += tokens[i]
     assert all(t <= sizes[s] * cap for t, s in zip(used_tokens, groups))
     assert span == pytest.approx(max(load))
+

@@ -154,3 +154,28 @@ def test_work_floor_is_at_least_the_simple_bounds(batch):
     problem = build_problem(lengths, ranks, CM)
     simple = max(problem.min_area().sum() / ranks, problem.min_time().max())
     assert problem.work_floor_ms() >= simple * (1 - 1e-12)
+
+
+def test_missing_build_falls_back_to_python_with_a_warning(tmp_path):
+    import subprocess
+    import sys
+    script = """
+import importlib.abc, logging, sys
+class NoNative(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "parallel._native":
+            raise ImportError("simulated missing build")
+sys.meta_path.insert(0, NoNative())
+logging.basicConfig(level=logging.WARNING)
+from parallel import native
+from parallel.cost_model import CostModel
+from parallel.planner import plan_step
+assert native.BACKEND == "python", native.BACKEND
+plan = plan_step([100, 7000, 300, 20000], 8, CostModel.preset("7b"), solver="none")
+plan.validate([100, 7000, 300, 20000], CostModel.preset("7b"))
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
+    assert "not built" in out.stderr and "pure-Python twins" in out.stderr
