@@ -9,6 +9,8 @@ them). Integer A[k,p] = sequences of bucket k in group p, binary u[p] = group us
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +23,28 @@ from parallel.planner.fast_path import PackedMicroBatch
 from parallel.planner.problem import PlanningProblem
 
 MAX_BUCKETS = 16
+
+
+def _swallow_highs_banner() -> None:
+    """HiGHS prints a two-line banner to fd 1 the first time a model is created in a process,
+    whatever output_flag says. Create one at import, with fd 1 pointed at /dev/null, so plans and
+    tables are not interleaved with it later (from the solver thread)."""
+    try:
+        import highspy
+    except ImportError:  # pulp falls back to CBC
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+_swallow_highs_banner()
 
 
 @dataclass(frozen=True)
