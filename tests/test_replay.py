@@ -11,6 +11,7 @@ import pytest
 from conftest import run_hetron
 from data.mixture import StagedBatchLoader, StreamSource
 from data.seen_samples import ReplayPool, is_replay_slot
+from pretrain.errors import HetronError
 from pretrain.schedules import ScheduleSpec
 from pretrain.stages import StageConfig, StagePlan
 
@@ -90,3 +91,7 @@ def test_replay_fraction_and_source_over_2000_samples_and_across_resume(small_sh
     while len(again) < len(stage2) - resumed_at:
         again.extend(serve(resumed, 1))
     assert again == stage2[resumed_at:]
+
+    changed = staged_loader(small_shards, c_shards, stage1_steps + 1, fraction)  # stage 1 cannot change once run
+    with pytest.raises(HetronError, match=r"stages already run cannot change"):
+        changed.load_state_dict(state)
