@@ -156,6 +156,8 @@ def main(argv: list[str]) -> int:
         raise HetronError(f"--cap {args.cap}: sequences that long do not fit on {args.gpus} ranks of "
                           f"{cost_model.capacity_tokens} tokens; use --cap <= {room + 2 * args.gpus} or more --gpus")
     batches, stats = load_batches(args.lengths, args.gpus, args.cap, args.batch_size, args.batches)
+    if args.gantt and not 0 <= args.gantt_batch < len(batches):
+        raise HetronError(f"--gantt-batch {args.gantt_batch} outside 0..{len(batches) - 1}")
     static_degree = args.static_degree or min(cost_model.min_sp(args.cap - 2 * args.gpus), args.gpus)
     static_name = f"static-d{static_degree}"
 
@@ -184,8 +186,6 @@ def main(argv: list[str]) -> int:
         from parallel.plan_gantt import draw_plans
 
         k = args.gantt_batch
-        if not 0 <= k < len(batches):
-            raise HetronError(f"--gantt-batch {k} outside 0..{len(batches) - 1}")
         draw_plans([(name, results[name]["plans"][k]) for name in ("hetron", static_name)], batches[k],
                    cost_model, args.gantt)
     return 0
