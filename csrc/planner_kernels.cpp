@@ -65,16 +65,29 @@ static std::tuple<std::vector<i64>, i64> partition_microbatches(const std::vecto
   std::vector<std::vector<i64>> cut(m + 1, std::vector<i64>(n + 1, 0));
   best[0][0] = 0;
   for (i64 k = 1; k <= m; ++k) {
+    const std::vector<i64>& prev = best[k - 1];
     for (i64 j = k; j <= n - (m - k); ++j) {
-      for (i64 i = k - 1; i < j; ++i) {
-        const i64 prev = best[k - 1][i];
-        if (prev == big) continue;
-        const i64 cost = std::max(prev, pre[j] - pre[i]);
-        if (cost < best[k][j]) {
-          best[k][j] = cost;
-          cut[k][j] = i;
+      i64 low = k - 1, high = j;
+      while (low < high) {
+        const i64 mid = (low + high) / 2;
+        if (prev[mid] >= pre[j] - pre[mid]) {
+          high = mid;
+        } else {
+          low = mid + 1;
         }
       }
+      i64 choice = -1, value = big;
+      for (i64 i : {low - 1, low}) {
+        if (k - 1 <= i && i < j) {
+          const i64 cost = std::max(prev[i], pre[j] - pre[i]);
+          if (cost < value) {
+            choice = i;
+            value = cost;
+          }
+        }
+      }
+      best[k][j] = value;
+      cut[k][j] = choice;
     }
   }
   std::vector<i64> ends;

@@ -111,3 +111,33 @@ def test_packer_output_is_a_valid_micro_batch(lengths, min_open):
     assert all(t <= sizes[s] * cap for t, s in zip(used_tokens, groups))
     assert span == pytest.approx(max(load))
 
+
+
+def exhaustive_partition(tokens, m):
+    """The textbook O(m n^2) DP, smallest cut on ties: the reference the binary-search DP must equal."""
+    n, m = len(tokens), min(m, len(tokens))
+    pre = [0]
+    for t in tokens:
+        pre.append(pre[-1] + t)
+    big = pre[-1] + 1
+    best = [[big] * (n + 1) for _ in range(m + 1)]
+    cut = [[0] * (n + 1) for _ in range(m + 1)]
+    best[0][0] = 0
+    for k in range(1, m + 1):
+        for j in range(k, n - (m - k) + 1):
+            for i in range(k - 1, j):
+                cost = max(best[k - 1][i], pre[j] - pre[i])
+                if best[k - 1][i] < big and cost < best[k][j]:
+                    best[k][j], cut[k][j] = cost, i
+    ends, j = [], n
+    for k in range(m, 0, -1):
+        ends.append(j)
+        j = cut[k][j]
+    return ends[::-1], best[m][n]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.just(1), st.integers(1, 5), st.integers(1, 1000)), min_size=1, max_size=40),
+       st.integers(1, 10))
+def test_partition_dp_equals_the_exhaustive_dp_including_ties(tokens, m):
+    assert kernels_py.partition_microbatches(tokens, m) == exhaustive_partition(tokens, m)

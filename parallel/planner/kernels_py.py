@@ -50,8 +50,13 @@ def bucket_lengths(values: Sequence[int], counts: Sequence[int], max_buckets: in
 
 
 def partition_microbatches(tokens: Sequence[int], num_chunks: int) -> tuple[list[int], int]:
-    """Split tokens (in order) into num_chunks non-empty contiguous chunks minimising the largest
-    chunk sum. Returns (chunk end indices, exclusive; the largest chunk sum)."""
+    """Split tokens (in order, each > 0) into num_chunks non-empty contiguous chunks minimising the
+    largest chunk sum. Returns (chunk end indices, exclusive; the largest chunk sum).
+
+    DP over (chunks, prefix): best[k][j] = min_i max(best[k-1][i], S[j] - S[i]). best[k-1][i] never
+    falls as i grows and S[j] - S[i] strictly falls, so the minimum sits where they cross: binary
+    search for the first i with best[k-1][i] >= S[j] - S[i] and compare it with i - 1 (the smaller
+    index wins ties, as an exhaustive scan would). O(m n log n)."""
     n = len(tokens)
     m = min(max(1, num_chunks), n)
     if n == 0:
@@ -64,15 +69,23 @@ def partition_microbatches(tokens: Sequence[int], num_chunks: int) -> tuple[list
     cut = [[0] * (n + 1) for _ in range(m + 1)]
     best[0][0] = 0
     for k in range(1, m + 1):
+        prev = best[k - 1]
         for j in range(k, n - (m - k) + 1):
-            for i in range(k - 1, j):
-                prev = best[k - 1][i]
-                if prev == big:
-                    continue
-                cost = max(prev, pre[j] - pre[i])
-                if cost < best[k][j]:
-                    best[k][j] = cost
-                    cut[k][j] = i
+            low, high = k - 1, j  # first i in [k-1, j) with prev[i] >= pre[j] - pre[i], or j
+            while low < high:
+                mid = (low + high) // 2
+                if prev[mid] >= pre[j] - pre[mid]:
+                    high = mid
+                else:
+                    low = mid + 1
+            choice, value = -1, big
+            for i in (low - 1, low):
+                if k - 1 <= i < j:
+                    cost = max(prev[i], pre[j] - pre[i])
+                    if cost < value:
+                        choice, value = i, cost
+            best[k][j] = value
+            cut[k][j] = choice
     ends = []
     j = n
     for k in range(m, 0, -1):
