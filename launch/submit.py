@@ -21,11 +21,11 @@ from pretrain.errors import ConfigError, HetronError
 
 SIGNAL_DELAY_S = 90  # submitit signals USR2 this long before the time limit, to checkpoint and requeue
 STARTUP_S = 60  # imports, data preparation, model build before the first step: a rough allowance
-# Rough seconds per step by preset, used only without --seconds-per-step: tiny as measured on a 2-core
-# CPU, the others ballparks for their GPU recipes. They only guard against a time limit that cannot
-# reach a single checkpoint; pass a measured value (metrics.jsonl) to make the check tight.
-DEFAULT_SECONDS_PER_STEP = {"tiny": 1.0, "125m": 1.0, "1b": 3.0, "7b": 10.0}
-
+# Training throughput per task (tokens/s) by preset, used only without --seconds-per-step: tiny as
+# measured here (2 gloo tasks on 2 busy CPU cores: ~900 tokens/s together), the others ballparks for
+# one GPU each. They only guard against a time limit that cannot reach a single checkpoint; pass the
+# step time of a real run (step_s in its metrics.jsonl) to make the check tight.
+TOKENS_PER_S_PER_TASK = {"tiny": 450.0, "125m": 50_000.0, "1b": 8_000.0, "7b": 1_500.0}
 
 @dataclass
 class SubmitOptions:
@@ -94,17 +94,27 @@ def plan_runs(train_args: TrainArgs, run_root: Path, sweep: list[str]) -> list[P
     return runs
 
 
-def check_time_limit(time_min: int, config: Config, seconds_per_step: float | None) -> None:
-    every, preset = config.checkpoint.every, config.model.preset
-    per_step = seconds_per_step or DEFAULT_SECONDS_PER_STEP.get(preset, 1.0)
-    source = "--seconds-per-step" if seconds_per_step else f"the rough estimate for preset {preset}"
+def estimated_seconds_per_step(config: Config, tasks: int) -> float:
+    per_task = TOKENS_PER_S_PER_TASK.get(config.model.preset, min(TOKENS_PER_S_PER_TASK.values()))
+    return config.data.global_batch_tokens / (per_task * tasks)
+
+
+def check_time_limit(time_min: int, config: Config, seconds_per_step: float | None, tasks: int) -> None:
+    every = config.checkpoint.every
+    if seconds_per_step:
+        per_step, source = seconds_per_step, "--seconds-per-step"
+    else:
+        per_step = estimated_seconds_per_step(config, tasks)
+        source = (f"estimated: data.global_batch_tokens={config.data.global_batch_tokens} at ~"
+                  f"{TOKENS_PER_S_PER_TASK.get(config.model.preset, 0):g} tokens/s x {tasks} task(s)")
     needed_s = STARTUP_S + min(every, config.train.steps) * per_step
     usable_s = time_min * 60 - SIGNAL_DELAY_S
     if usable_s < needed_s:
         raise ConfigError(
             f"--time {time_min} min is shorter than one checkpoint interval: {STARTUP_S} s start-up + "
-            f"checkpoint.every={every} x {per_step:g} s/step ({source}) = {needed_s:.0f} s, but only "
-            f"{max(usable_s, 0)} s run before the requeue signal; raise --time or lower checkpoint.every")
+            f"checkpoint.every={every} x {per_step:.3g} s/step ({source}) = {needed_s:.0f} s, but only "
+            f"{max(usable_s, 0)} s run before the requeue signal; raise --time, lower checkpoint.every "
+            f"or give --seconds-per-step")
 
 
 def _slurm_parameters(options: SubmitOptions, tasks_per_node: int, time_min: int) -> dict:
@@ -182,10 +192,10 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
     if config.run.dir == RunConfig.dir:  # unset: a fresh folder, so a new job never resumes an old one
         run_root = Path("runs", f"{options.job_name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     runs = plan_runs(train_args, run_root, options.sweep)
-    for run in runs:  # every sweep point must be a valid config on its own
-        check_time_limit(time_min, run.train_args.load(), options.seconds_per_step)
-
     tasks_per_node = options.tasks_per_node or options.gpus_per_node or config.launch.nproc
+    for run in runs:  # every sweep point must be a valid config on its own
+        check_time_limit(time_min, run.train_args.load(), options.seconds_per_step, tasks_per_node * options.nodes)
+
     if options.gpus_per_node and tasks_per_node != options.gpus_per_node:
         raise ConfigError(f"--tasks-per-node {tasks_per_node} with --gpus-per-node {options.gpus_per_node}: "
                           "hetron runs one task per GPU")

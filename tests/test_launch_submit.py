@@ -9,7 +9,13 @@ from launch.job import TrainingJob
 from launch.job_record import JobRecord, load_records, save_record
 from launch.run_config import split_train_args
 from launch.status_cli import log_to_show, step_reached
-from launch.submit import check_time_limit, parse_sweep, plan_runs, sweep_folder_name
+from launch.submit import (
+    check_time_limit,
+    estimated_seconds_per_step,
+    parse_sweep,
+    plan_runs,
+    sweep_folder_name,
+)
 from pretrain.checkpoint import STATE_FILE
 from pretrain.cli import main as hetron
 from pretrain.config import load_config
@@ -41,10 +47,19 @@ def test_config_comes_first_and_is_made_absolute(tmp_path, monkeypatch):
 
 def test_time_limit_must_reach_one_checkpoint():
     config = load_config(None, ["train.steps=1000", "checkpoint.every=200"])
-    check_time_limit(6, config, seconds_per_step=0.5)  # 60 s + 100 s <= 360 s - 90 s
+    check_time_limit(6, config, seconds_per_step=0.5, tasks=1)  # 60 s + 100 s <= 360 s - 90 s
     with pytest.raises(ConfigError, match=r"--time 3 min is shorter than one checkpoint interval: .*"
                                           r"checkpoint.every=200 x 0.5 s/step \(--seconds-per-step\) = 160 s"):
-        check_time_limit(3, config, seconds_per_step=0.5)
+        check_time_limit(3, config, seconds_per_step=0.5, tasks=1)
+
+
+def test_without_a_step_time_the_estimate_scales_with_batch_tokens_and_tasks():
+    small = load_config(None, ["model.preset=tiny", "data.global_batch_tokens=1024"])
+    big = load_config(None, ["model.preset=tiny", "data.global_batch_tokens=16384"])
+    assert estimated_seconds_per_step(big, tasks=2) == 16 * estimated_seconds_per_step(small, tasks=2)
+    assert estimated_seconds_per_step(big, tasks=1) == 2 * estimated_seconds_per_step(big, tasks=2)
+    with pytest.raises(ConfigError, match=r"estimated: data.global_batch_tokens=16384 at ~450 tokens/s x 2"):
+        check_time_limit(5, big, seconds_per_step=None, tasks=2)
 
 
 def test_requeues_are_bounded_by_the_restart_count(monkeypatch, tmp_path):
