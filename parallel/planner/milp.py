@@ -33,8 +33,11 @@ def _swallow_highs_banner() -> None:
         import highspy
     except ImportError:  # pulp falls back to CBC
         return
-    sys.stdout.flush()
-    saved = os.dup(1)
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no fd 1 to silence (closed or replaced stdout)
+        return
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 1)

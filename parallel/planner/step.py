@@ -67,7 +67,7 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
     gaps = [mb.span_ms - micro_batch_floor_ms(problem, mb) for mb in plan.micro_batches]
     worst = max(range(len(gaps)), key=lambda k: (gaps[k], -k))
     if gaps[worst] <= gap_tolerance * plan.total_ms:
-        return plan, f"greedy: within {100 * gap_tolerance:g}% of the bound, solver not needed"
+        return plan, f"greedy: every micro-batch within {100 * gap_tolerance:g}% of its floor, solver not needed"
     left = deadline - time.perf_counter()
     members = plan.micro_batches[worst].members
     variables = milp.variable_count(problem, members)
