@@ -43,7 +43,7 @@ class CostModel:
     beta: float
     layers: int
     hidden: int
-    bandwidth_gbps: dict[int, float] = field(default_factory=lambda: dict(FLEXSP_BANDWIDTH_GBPS))
+    bandwidth_gbps: dict[int, float] = field(default_factory=lambda: dict(FLEXSP_BANDWIDTH_GBPS), hash=False)
     capacity_tokens: int = 6000
     bytes_per_element: int = 2
 

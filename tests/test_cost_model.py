@@ -77,3 +77,7 @@ def test_time_falls_with_degree_for_long_sequences():
     cm = CostModel.preset("7b")
     times = [cm.seq_time_ms(131072, d) for d in (32, 64)]
     assert times[1] < times[0] and all(math.isfinite(t) for t in times)
+
+
+def test_cost_model_is_hashable_for_caches():
+    assert hash(CostModel.preset("7b")) == hash(CostModel.preset("7b"))
