@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -56,12 +57,29 @@ def open_split(split_dir: Path, *, shuffle: bool, seed: int):
         return _open_split(split_dir, shuffle=shuffle, seed=seed)
 
 
-def _open_split(split_dir: Path, *, shuffle: bool, seed: int):
-    from streaming import StreamingDataset
-
+def check_shard_files(split_dir: Path) -> None:
+    """Every shard the index names exists with the size the index records."""
     index = Path(split_dir) / "index.json"
     if not index.is_file():
         raise HetronError(f"shard index {index} is missing; re-run `hetron prepare --force`")
+    try:
+        shards = json.loads(index.read_text())["shards"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise HetronError(f"shard index {index} is corrupt; re-run `hetron prepare --force`") from None
+    for shard in shards:
+        raw = shard.get("raw_data") or {}
+        path = Path(split_dir) / str(raw.get("basename"))
+        if not path.is_file():
+            raise HetronError(f"shard file {path} is missing; re-run `hetron prepare --force`")
+        if raw.get("bytes") is not None and path.stat().st_size != raw["bytes"]:
+            raise HetronError(f"shard file {path} has {path.stat().st_size} bytes but its index says {raw['bytes']}: "
+                              "corrupt; re-run `hetron prepare --force`")
+
+
+def _open_split(split_dir: Path, *, shuffle: bool, seed: int):
+    from streaming import StreamingDataset
+
+    check_shard_files(split_dir)
     world = _world_size()
     try:
         return StreamingDataset(
@@ -114,7 +132,10 @@ class GlobalBatchLoader:
                 self.epoch += 1
                 self.sample_in_epoch = 0
             except FileNotFoundError as exc:
-                raise HetronError(f"shard file missing under {self.split_dir}: {exc.filename}") from None
+                raise HetronError(f"shard file {exc.filename} is missing; re-run `hetron prepare --force`") from None
+            except (ValueError, OSError, KeyError) as exc:  # what streaming's readers raise on bad bytes
+                raise HetronError(f"cannot read a sample from the shards in {self.split_dir} ({exc}); "
+                                  "they are corrupt: re-run `hetron prepare --force`") from None
 
     def next_batch(self) -> list[np.ndarray]:
         batch, tokens = [], 0

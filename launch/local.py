@@ -41,7 +41,10 @@ def spawn_ranks(module: str, argv: list[str], nproc: int, log_dir: Path, *, mast
         else:
             out = open(log_dir / f"rank_{rank}.log", "w")
             logs.append(out)
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env, stdout=out, stderr=out))
+        # Each rank leads its own process group so a failure takes down its helpers too (megatron's
+        # checkpoint writer processes), as Slurm does; otherwise orphans keep our pipes open.
+        procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env, stdout=out, stderr=out,
+                                      start_new_session=True))
     try:
         return _wait_all(procs, log_dir)
     except KeyboardInterrupt:
@@ -65,20 +68,28 @@ def _wait_all(procs: list[subprocess.Popen], log_dir: Path) -> int:
                     print(f"rank {rank}: {last}", file=sys.stderr)
             return code
         if all(c == 0 for c in codes):
+            _stop(procs)  # reap helpers a rank may have left behind
             return 0
         time.sleep(0.2)
 
 
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+        _signal_group(p, signal.SIGTERM)
     deadline = time.time() + 10
     for p in procs:
         try:
             p.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            p.kill()
+            pass
+        _signal_group(p, signal.SIGKILL)
 
 
 def _last_line(path: Path) -> str:

@@ -27,8 +27,26 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def quiet_library_warnings() -> None:
+    """megatron-core, torch and streaming warn about optional accelerators and deprecations on every
+    start; a person running hetron reads its own messages (HETRON_WARNINGS=1 shows them)."""
+    import logging
+    import os
+    import warnings
+
+    if os.environ.get("HETRON_WARNINGS") != "1":
+        warnings.filterwarnings("ignore", module=r"(megatron|torch|streaming|transformers)(\.|$)")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+        # "No CUDA runtime is found" on CPU machines; streaming's note on `replication` resumption,
+        # which hetron accounts for (data.loader keeps its own position).
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        logging.getLogger("streaming").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pretrain.errors import HetronError
+
+    quiet_library_warnings()
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -151,6 +151,9 @@ def _finish(cfg: Config, summary: dict) -> None:
 
 
 if __name__ == "__main__":
+    from pretrain.cli import quiet_library_warnings
+
+    quiet_library_warnings()
     try:
         sys.exit(main(sys.argv[1:]))
     except HetronError as exc:

@@ -2,18 +2,48 @@
 
 Launched by tests as N real processes (gloo) through launch.local.spawn_ranks:
     python -m tests.grad_harness OUT.pt key=value ...
+HARNESS_PLAN=2,1,1 runs the batch with a fixed sequence-parallel plan whose every micro-batch has
+groups of those sizes (sp.mode must not be off); HARNESS_SKEW_RANK=R makes rank R plan another batch.
 Rank 0 writes {"loss", "grads": {name: full fp32 gradient}, "sample_losses", "weights"} to OUT.pt.
 The distributed optimizer is off so every rank's DDP buffer holds the full all-reduced gradient.
 """
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 
+def pattern_plan(lengths: list[int], pattern: list[int], capacity: int):
+    """Micro-batches with groups of the pattern's sizes; longest sequences first, each to the group
+    with the least load per rank that can still hold it."""
+    from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
+
+    remaining = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    micro_batches = []
+    while remaining:
+        loads, members, rest = [0] * len(pattern), [[] for _ in pattern], []
+        for i in remaining:
+            fits = [g for g, d in enumerate(pattern) if loads[g] + lengths[i] <= d * capacity]
+            if not fits:
+                rest.append(i)
+                continue
+            g = min(fits, key=lambda g: (loads[g] / pattern[g], g))
+            loads[g] += lengths[i]
+            members[g].append(i)
+        if len(rest) == len(remaining):
+            raise SystemExit(f"pattern {pattern} cannot hold sequence {rest[0]} of length {lengths[rest[0]]}")
+        starts = [sum(pattern[:g]) for g in range(len(pattern))]
+        micro_batches.append(MicroBatchPlan(tuple(SPGroup(st, d, tuple(m)) for st, d, m in zip(starts, pattern, members))))
+        remaining = rest
+    return SequenceParallelPlan(sum(pattern), tuple(micro_batches), 0.0, 0.0, "pattern " + ",".join(map(str, pattern)))
+
+
 def main(argv: list[str]) -> int:
+    from parallel.plan_execution import check_ranks_agree
     from pretrain.algorithms import build_algorithms
     from pretrain.config import load_config
     from pretrain.distributed import init_distributed, shutdown
@@ -32,6 +62,16 @@ def main(argv: list[str]) -> int:
             chunk.zero_grad_buffer()
         samples = trainer.loader.next_batch()
         from pretrain.step import SampleLosses
+
+        plan = None
+        if os.environ.get("HARNESS_PLAN"):
+            lengths = [len(x) - 1 for x in samples]
+            if int(os.environ.get("HARNESS_SKEW_RANK", "-1")) == info.rank:
+                lengths = lengths[:-1]
+            pattern = [int(x) for x in os.environ["HARNESS_PLAN"].split(",")]
+            plan = pattern_plan(lengths, pattern, trainer.sp_cost_model.capacity_tokens)
+            check_ranks_agree(lengths, plan.to_json())
+        trainer.micro_batches = functools.partial(trainer.micro_batches, plan=plan)
 
         record = SampleLosses()
         weighers = [a for a in trainer.algorithms if a.name == "reweight"]
@@ -52,4 +92,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from pretrain.errors import HetronError
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except HetronError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
