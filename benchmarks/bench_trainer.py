@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from single_rank import single_rank_trainer
 
 
 def main() -> int:
@@ -28,26 +27,14 @@ def main() -> int:
     ap.add_argument("--json", default="")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-    from launch.local import free_port
-
-    os.environ["MASTER_PORT"] = str(free_port())
-
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from data.loader import GlobalBatchLoader
-    from pretrain.config import load_config
-    from pretrain.distributed import init_distributed
     from pretrain.step import SampleLosses, make_forward_step
-    from pretrain.train_cli import prepare_run
-    from pretrain.trainer import Trainer
 
-    cfg = load_config(None, [f"model.preset={args.preset}", f"train.steps={args.steps * 3}", "run.dir=/tmp/hetron-bench",
-                             "resume=never", "launch.nproc=1", "run.tensorboard=false", *args.overrides])
-    arch, shards, manifest = prepare_run(cfg)
-    info = init_distributed(1, 1, "gloo", threads=os.cpu_count() or 1)
-    trainer = Trainer(cfg, info, arch, shards, manifest)
-    trainer.build()
+    trainer, cfg = single_rank_trainer([f"model.preset={args.preset}", f"train.steps={args.steps * 3}",
+                                        "run.dir=/tmp/hetron-bench", *args.overrides])
+    info, shards = trainer.info, trainer.shards
 
     # Warm up, then alternate hetron steps and bare steps so machine noise hits both alike.
     trainer.train_step()
