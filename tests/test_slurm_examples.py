@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "launch" / "examples"
 TRAIN = ["model.preset=tiny", "data.global_batch_tokens=1024", "train.eval_every=0", "run.plot=false",
-         "run.tensorboard=false", "train.steps=12", "checkpoint.every=2"]
+         "run.tensorboard=false", "train.steps=8", "checkpoint.every=2"]
 # The examples ask for 8 GPUs on one node; here: 2 CPU tasks, no GPUs (gloo), a short limit.
 SMALL_JOB = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
 UNFINISHED = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING"}
@@ -76,5 +76,5 @@ def test_requeue_example_resumes_to_the_losses_of_the_single_node_example(tmp_pa
     assert "hetron-requeue: signalled; requeueing (requeue 1 of 1)" in log
     assert "resumed from" in log
     assert slurm_state(requeue_job).requeues == 1
-    assert sorted(losses(plain)) == list(range(1, 13))
+    assert sorted(losses(plain)) == list(range(1, 9))
     assert losses(requeued) == losses(plain)
