@@ -2,7 +2,6 @@
 of its log (where a failing job's error is). An array's id shows every run of the sweep."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -10,6 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.arg_parser import OneLineErrorParser
 from launch.job_record import JobRecord, load_records, records_dir
 from pretrain.errors import HetronError
 
@@ -124,7 +124,7 @@ def report(record: JobRecord, lines: int) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hetron status", description=__doc__)
+    p = OneLineErrorParser(prog="hetron status", description=__doc__)
     p.add_argument("job", help="job id from `hetron submit` (an array's id shows all its runs)")
     p.add_argument("--lines", type=int, default=15, help="log lines to show (default 15)")
     args = p.parse_args(argv)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.arg_parser import OneLineErrorParser
 from launch.submit import SubmitOptions, prepare, print_submissions, submit
 from pretrain.errors import HetronError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="hetron submit",
         description="Submit `hetron train` to Slurm through submitit: one task per GPU (on CPUs: launch.nproc "
                     "tasks per node), requeued on preemption/time-out, resuming from the newest checkpoint.")

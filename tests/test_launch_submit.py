@@ -122,3 +122,12 @@ def test_local_and_dry_run_do_not_combine(tmp_path, capsys):
     assert hetron(["submit", f"run.dir={tmp_path}", "--local", "--dry-run"]) == 2
     assert capsys.readouterr().err.strip() == (
         "hetron submit: error: --dry-run prints an sbatch script: it does not combine with --local")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["submit", "--nodes", "x"], "hetron submit: error: argument --nodes: invalid int value: 'x' (see --help)"),
+    (["status"], "hetron status: error: the following arguments are required: job (see --help)"),
+])
+def test_a_bad_option_is_one_line(argv, message, capsys):
+    assert hetron(argv) == 2
+    assert capsys.readouterr().err.strip() == message
