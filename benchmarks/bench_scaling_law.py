@@ -76,24 +76,27 @@ def evaluate(model, params, curves) -> dict:
             "pooled": pooled([preds[c.name] for c in curves], [c.loss for c in curves]), "_preds": preds}
 
 
-def run_law(law: str, curves: dict, select: bool) -> dict:
+def run_law(law: str, curves: dict, select: bool, whole_folds: bool) -> dict:
     model = law_model(law)
     fit_curves, test_curves = [curves[n] for n in FIT], [curves[n] for n in TEST]
     out = {}
-    result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, CONVERGED))
-    out["converged"] = {"params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu, "fit_wall_s": wall,
-                        "fit": result.metrics["average"], "test": evaluate(model, result.params, test_curves)}
     if select:
-        sel, sel_cpu, sel_wall = cpu_and_wall(lambda: select_max_iter(model, fit_curves))
+        sel, sel_cpu, sel_wall = cpu_and_wall(lambda: select_max_iter(model, fit_curves, whole=whole_folds))
         result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, sel["max_iter"]))
         out["early_stop"] = {"selection": sel, "selection_cpu_s": sel_cpu, "selection_wall_s": sel_wall,
                              "params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu,
                              "fit_wall_s": wall, "fit": result.metrics["average"],
                              "test": evaluate(model, result.params, test_curves)}
+        print_law(law, {"early_stop": out["early_stop"]})
+    result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, CONVERGED))
+    out["converged"] = {"params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu, "fit_wall_s": wall,
+                        "fit": result.metrics["average"], "test": evaluate(model, result.params, test_curves)}
+    print_law(law, {"converged": out["converged"]})
     return out
 
 
 def print_law(law: str, res: dict) -> None:
+    print = _flushing_print
     for variant, r in res.items():
         t = r["test"]
         extra = ""
@@ -113,6 +116,12 @@ def print_law(law: str, res: dict) -> None:
         print(f"  {'pooled points':<20} {p['r2']:8.5f} {p['mean_rel_err']:9.5f} {p['max_rel_err']:9.5f}")
 
 
+def _flushing_print(*a, **k):
+    import builtins
+
+    builtins.print(*a, **k, flush=True)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None)
@@ -120,6 +129,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="skip the early-stop selection (the slow part)")
     ap.add_argument("--laws", default="mpl,anneal")
     ap.add_argument("--naive-every", type=int, default=64)
+    ap.add_argument("--whole-folds", action="store_true",
+                    help="validation also holds out each fitting curve whole (default: tails only)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
@@ -139,8 +150,7 @@ def main(argv: list[str]) -> int:
           f"{published['average']['mean_rel_err']:.5f} (they are not transferable as printed: see scaling_law.md)")
     report = {"loss_drop": ld, "published_params_here": {k: v for k, v in published.items() if k != "_preds"}}
     for law in args.laws.split(","):
-        res = run_law(law, curves, select=not args.quick)
-        print_law(law, res)
+        res = run_law(law, curves, select=not args.quick, whole_folds=args.whole_folds)
         if args.plot_dir:
             from pretrain.scaling_law.plot import plot_fit
 

@@ -115,7 +115,7 @@ def test_select_max_iter_returns_a_candidate_scored_on_held_out_curves():
     law = lambda lrs, steps, W: annealing_law_loss(truth, lrs, steps, W)  # noqa: E731
     curves = [synthetic_curve("a", wsd(), law, noise=3e-4),
               synthetic_curve("b", wsd(shape="linear", cooldown=400), law, noise=3e-4, seed=2)]
-    sel = select_max_iter(law_model("anneal"), curves, candidates=(2, 50))
+    sel = select_max_iter(law_model("anneal"), curves, candidates=(2, 50), whole=True)
     assert set(sel["per_fold"]) == {"hold out a", "hold out b", "hold out the tail of a", "hold out the tail of b"}
     # two iterations from a generic start cannot beat a converged fit on noise-free-ish data
     assert sel["validation_mean_rel_err"][50] < sel["validation_mean_rel_err"][2]

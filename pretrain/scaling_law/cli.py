@@ -36,8 +36,8 @@ def fit_parser() -> argparse.ArgumentParser:
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--max-iter", type=int, default=None, help="early stop: L-BFGS-B iterations (default: converge)")
     stop.add_argument("--select-stop", action="store_true",
-                      help="choose the early stop by validation on the --fit curves (each held out whole, "
-                           "and each one's last 30%% held out)")
+                      help="choose the early stop by validation on the --fit curves: each one's last 30%% "
+                           "held out in turn")
     p.add_argument("--json", default=None, help="write parameters and metrics here")
     p.add_argument("--plot", default=None, help="PNG of data, fit and prediction (one per law: NAME-LAW.png with --law both)")
     return p

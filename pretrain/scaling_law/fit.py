@@ -121,7 +121,7 @@ def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONV
             path.objectives.append(objective(zk)[0])
 
         scipy.optimize.minimize(objective, z0, jac=True, method="L-BFGS-B", bounds=bounds, callback=record,
-                                options={"maxiter": max_iter, "ftol": 1e-10, "gtol": 1e-10, "maxcor": 20})
+                                options={"maxiter": max_iter, "ftol": 1e-8, "gtol": 1e-8, "maxcor": 20})
         paths.append(path)
         if on_start:
             on_start(i)
@@ -157,16 +157,16 @@ def fit_law(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVER
                      time.perf_counter() - t0, [c.name for c in curves], metrics)
 
 
-STOP_CANDIDATES = (10, 20, 30, 50, 75, 100, 150, 200, 300)
+STOP_CANDIDATES = (10, 20, 30, 50, 75, 100, 150, 200)
 TAIL_FRACTION = 0.3
 
 
-def validation_folds(curves: Sequence[LossCurve], tail_fraction: float = TAIL_FRACTION
+def validation_folds(curves: Sequence[LossCurve], tail_fraction: float = TAIL_FRACTION, whole: bool = False
                      ) -> list[tuple[str, list[LossCurve], LossCurve]]:
-    """(label, training curves, held-out curve): each curve held out whole (when there are at least
-    two), and each curve's last `tail_fraction` of points held out while its head stays in."""
+    """(label, training curves, held-out curve): each curve held out whole (when whole=True and there
+    are at least two), and each curve's last `tail_fraction` of points held out while its head stays in."""
     folds = []
-    if len(curves) >= 2:
+    if whole and len(curves) >= 2:
         for i, c in enumerate(curves):
             folds.append((f"hold out {c.name}", [o for j, o in enumerate(curves) if j != i], c))
     for i, c in enumerate(curves):
@@ -180,14 +180,16 @@ def validation_folds(curves: Sequence[LossCurve], tail_fraction: float = TAIL_FR
 
 
 def select_max_iter(model: LawModel, curves: Sequence[LossCurve], candidates: Sequence[int] = STOP_CANDIDATES,
-                    on_fold: Callable[[int], None] | None = None, tail_fraction: float = TAIL_FRACTION) -> dict:
+                    on_fold: Callable[[int], None] | None = None, tail_fraction: float = TAIL_FRACTION,
+                    whole: bool = False) -> dict:
     """Choose the early stop by validation on the fitting curves alone: for every fold of
-    `validation_folds` (each curve held out whole, and each curve's tail held out), fit on the rest,
+    `validation_folds` (each curve's tail held out; with whole=True also each curve held out whole),
+    fit on the rest,
     score each iteration budget by the held-out points' mean relative error, average over the folds,
     and take the best budget (the smaller one on ties)."""
-    folds = validation_folds(curves, tail_fraction)
+    folds = validation_folds(curves, tail_fraction, whole)
     if not folds:
-        raise HetronError("choosing the early stop needs two fitting curves or curves long enough to hold out a tail")
+        raise HetronError("choosing the early stop needs fitting curves long enough to hold out a tail (17+ points)")
     t0 = time.perf_counter()
     scores = {k: [] for k in candidates}
     for i, (_, train, held_out) in enumerate(folds):
