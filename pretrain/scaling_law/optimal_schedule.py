@@ -48,26 +48,17 @@ def optimize_schedule(params: MultiPowerParams, total_steps: int, peak_lr: float
     hi = (lo + 1).clip(0, knots - 1)
     frac = torch.as_tensor(pos - lo)
     lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
-    theta = torch.full((knots,), 6.0, dtype=torch.float64, requires_grad=True)  # start near constant
-
     def schedule(th: torch.Tensor) -> torch.Tensor:
         knot_lr = min_lr + (peak_lr - min_lr) * torch.cumprod(torch.sigmoid(th), 0)
         after = knot_lr[lo_t] * (1 - frac) + knot_lr[hi_t] * frac
         return torch.cat([warm, after])
 
-    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-14)
+    def theta_for(knot_lr: np.ndarray) -> np.ndarray:
+        """theta whose schedule passes through knot_lr (monotone non-increasing)."""
+        ratio = np.clip((knot_lr - min_lr) / (peak_lr - min_lr), 1e-6, 1 - 1e-9)
+        step_ratio = np.clip(ratio / np.concatenate([[1.0], ratio[:-1]]), 1e-6, 1 - 1e-9)
+        return np.log(step_ratio / (1 - step_ratio))
 
-    def closure():
-        opt.zero_grad()
-        loss = final_loss_torch(params, schedule(theta), W)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        best = schedule(theta).numpy()
-    final = float(multi_power_loss(params, best, np.asarray([T - 1]), W, exact=True)[0])
     floor = min_lr if min_lr > 0 else 0.1 * peak_lr
     specs = {
         "cosine": ScheduleSpec(kind="cosine", peak_lr=peak_lr, min_lr=floor, warmup_steps=W, total_steps=T),
@@ -76,4 +67,24 @@ def optimize_schedule(params: MultiPowerParams, total_steps: int, peak_lr: float
     }
     baselines = {name: float(multi_power_loss(params, s.lrs(), np.asarray([T - 1]), W, exact=True)[0])
                  for name, s in specs.items()}
+    # the loss surface over schedules is not convex: start near constant and from each baseline
+    starts = [np.full(knots, 6.0)] + [theta_for(s.lrs_at(np.round(knot_steps).astype(int))) for s in specs.values()]
+    best, final = None, np.inf
+    for start in starts:
+        theta = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-12, tolerance_change=1e-14)
+
+        def closure():
+            opt.zero_grad()
+            loss = final_loss_torch(params, schedule(theta), W)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            lrs = schedule(theta).numpy()
+        loss = float(multi_power_loss(params, lrs, np.asarray([T - 1]), W, exact=True)[0])
+        if loss < final:
+            best, final = lrs, loss
     return ScheduleChoice(best, final, baselines, specs)
