@@ -365,7 +365,8 @@ class LisaLayerSampling(Algorithm):
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
-            return
+            raise HetronError("the checkpoint was written without LISA (its optimizer holds every layer); "
+                              "resume it with lisa.layers=0, or start LISA from a fresh run")
         saved = (state.get("layers"), state.get("every"))
         if saved != (self.cfg.layers, self.cfg.interval):
             # The checkpoint's optimizer holds the saved run's layer set only.
