@@ -58,10 +58,16 @@ def spawn_ranks(module: str, argv: list[str], nproc: int, log_dir: Path, *, mast
 def _wait_all(procs: list[subprocess.Popen], log_dir: Path) -> int:
     while True:
         codes = [p.poll() for p in procs]
-        failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-        if failed:
-            rank, code = failed[0]
+        if any(c not in (None, 0) for c in codes):
+            # Ranks usually fail together (same bad input): let them finish saying so, then report
+            # rank 0's own message (already on the terminal) or else the first failing rank's.
+            deadline = time.time() + 3
+            while time.time() < deadline and any(p.poll() is None for p in procs):
+                time.sleep(0.1)
+            codes = [p.poll() for p in procs]
             _stop(procs)
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            rank, code = failed[0]
             if rank != 0:
                 last = _last_line(log_dir / f"rank_{rank}.log")
                 if last:

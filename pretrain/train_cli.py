@@ -64,6 +64,11 @@ def prepare_run(cfg: Config):
         from data.stage_data import stage_sources
 
         stage_sources(cfg, shards, manifest, arch.seq_length, prepare=True)
+    if cfg.resume == "latest":
+        from pretrain.checkpoint import newest_checkpoint
+
+        if newest_checkpoint(cfg.checkpoint_dir) is None:
+            raise HetronError(f"resume requested but no complete checkpoint in {cfg.checkpoint_dir}")
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")

@@ -140,7 +140,7 @@ def test_corrupt_and_missing_shard(tmp_path, small_shards):
 def test_tokenizer_mismatch(tmp_path, small_shards, small_corpus):
     other = tmp_path / "other"
     proc = run_hetron(["prepare", "--corpus", str(small_corpus / "json"), "--out", str(other), "--vocab-size", "300",
-                       "--max-context", "256"])
+                       "--max-context", "256", "--eval-fraction", "0.4"])
     assert proc.returncode == 0, proc.stderr
     line = one_error_line(train(tmp_path / "r", small_shards, "train.steps=1", f"data.tokenizer={other / 'tokenizer.json'}",
                                 expect_ok=False))
