@@ -6,6 +6,7 @@ from pretrain.algorithm import Algorithm
 
 def build_algorithms(cfg) -> list[Algorithm]:
     from pretrain.lisa import LisaLayerSampling
+    from pretrain.live_forecast import LiveForecast
     from pretrain.memory_ledger import MemoryLedgerLog
     from pretrain.reweighting import LossReweighting
 
@@ -14,5 +15,7 @@ def build_algorithms(cfg) -> list[Algorithm]:
         algorithms.append(LisaLayerSampling(cfg.lisa, cfg.seed))
     if cfg.reweight.enabled:
         algorithms.append(LossReweighting(cfg.reweight))
+    if cfg.forecast.every:
+        algorithms.append(LiveForecast(cfg.forecast, cfg.schedule))
     algorithms.append(MemoryLedgerLog())  # last: counts memory after every other hook
     return algorithms

@@ -13,6 +13,7 @@ import yaml
 
 from pretrain.errors import ConfigError
 from pretrain.lisa import LisaConfig
+from pretrain.live_forecast import ForecastConfig
 from pretrain.reweighting import ReweightConfig
 from pretrain.schedules import ScheduleSpec
 from pretrain.stages import ReplayConfig, StageConfig, fill_stage_defaults, validate_stages
@@ -132,6 +133,7 @@ class Config:
     init_from: str = ""  # start from an earlier run's checkpoint (or run folder): its weights, step 0
     init_optimizer: str = "keep"  # keep | reset: the optimizer state of init_from
     sp: SequenceParallelConfig = field(default_factory=SequenceParallelConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -321,6 +323,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint folder (or use auto | latest | never)")
     validate_sequence_parallel(cfg)
     cfg.reweight.validate()
+    cfg.forecast.validate()
+    if cfg.forecast.every and cfg.stages:
+        raise ConfigError("forecast.every works on single-stage runs; drop `stages` or set forecast.every=0")
     validate_stages(cfg)
     if cfg.reweight.enabled and cfg.parallel.pipeline > 1:
         raise ConfigError(f"reweight.strategy={cfg.reweight.strategy!r} needs parallel.pipeline=1 (the weights of a "
