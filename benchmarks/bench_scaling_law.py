@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
     published = evaluate(law_model("mpl"), {k: getattr(PUBLISHED_MPL_25M, k) for k in MultiPowerParams.NAMES},
                          [curves[n] for n in TEST])
     print(f"\npublished MPL parameters evaluated with this implementation: PredE "
-          f"{published['average']['mean_rel_err']:.5f} (they are not transferable as printed: see scaling_law.md)")
+          f"{published['average']['mean_rel_err']:.5f} (they are not transferable as printed: see BENCHMARKS.md)")
     report = {"loss_drop": ld, "published_params_here": {k: v for k, v in published.items() if k != "_preds"}}
     for law in args.laws.split(","):
         res = run_law(law, curves, select=not args.quick, whole_folds=args.whole_folds)

@@ -23,8 +23,8 @@ def run(out: Path, strategy: str, seed: int, steps: int, extra: list[str]) -> li
     if not (run_dir / "summary.json").is_file():
         cmd = [sys.executable, "-m", "pretrain.cli", "train", "model.preset=tiny", f"train.steps={steps}",
                f"seed={seed}", f"run.dir={run_dir}", f"reweight.strategy={strategy}", "reweight.r=0.4",
-               f"reweight.burn_in_steps={steps // 8}", "train.eval_every=10", "train.eval_batches=4",
-               "data.global_batch_tokens=8192", "checkpoint.every=1000", "run.tensorboard=false", "--no-progress", *extra]
+               f"reweight.burn_in_steps={steps // 8}", "train.eval_every=8", "train.eval_batches=4",
+               "data.global_batch_tokens=4096", "checkpoint.every=1000", "run.tensorboard=false", "--no-progress", *extra]
         subprocess.run(cmd, check=True, cwd=HERE.parents[1])
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
