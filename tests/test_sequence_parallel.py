@@ -76,12 +76,13 @@ def test_document_longer_than_its_group_can_hold_is_named():
         plan.validate([300, 10], CostModel.preset("7b", capacity_tokens=256))
 
 
-def test_adaptive_four_ranks_first_loss_equals_plain_one_rank(tmp_path, small_shards):
+@pytest.mark.parametrize("tensor", [1, 2])  # SP groups form inside the data-parallel dimension of TP2
+def test_adaptive_four_ranks_first_loss_equals_plain_one_rank(tmp_path, small_shards, tensor):
     common = [*TINY, f"data.shards={small_shards}", "train.steps=1", "checkpoint.every=1"]
     one = run_hetron(["train", f"run.dir={tmp_path / 'one'}", *common, "launch.nproc=1"])
     assert one.returncode == 0, one.stderr[-2000:]
     sp = run_hetron(["train", f"run.dir={tmp_path / 'sp'}", *common, "launch.nproc=4", "sp.mode=adaptive",
-                     "sp.tokens_per_rank=128"])
+                     "sp.tokens_per_rank=128", f"parallel.tensor={tensor}"])
     assert sp.returncode == 0, sp.stderr[-2000:]
     first = lambda run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])  # noqa: E731
     assert first("sp")["loss"] == pytest.approx(first("one")["loss"], rel=1e-5)
