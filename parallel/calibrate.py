@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -159,11 +158,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from pretrain.cli import quiet_library_warnings
+    from pretrain.cli import run_script
 
-    quiet_library_warnings()
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except HetronError as exc:
-        print(f"hetron calibrate: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "hetron calibrate")

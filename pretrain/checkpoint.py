@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 from pathlib import Path
 
 import torch

@@ -43,6 +43,19 @@ def quiet_library_warnings() -> None:
         logging.getLogger("streaming").setLevel(logging.ERROR)
 
 
+def run_script(main_fn, command: str) -> None:
+    """`python -m MODULE` entry of a rank process or a standalone command: quiet library warnings,
+    a HetronError becomes one line and exit status 2."""
+    from pretrain.errors import HetronError
+
+    quiet_library_warnings()
+    try:
+        sys.exit(main_fn(sys.argv[1:]))
+    except HetronError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pretrain.errors import HetronError
 

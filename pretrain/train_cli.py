@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from pretrain.config import Config, dump_config, load_config
@@ -156,11 +155,6 @@ def _finish(cfg: Config, summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    from pretrain.cli import quiet_library_warnings
+    from pretrain.cli import run_script
 
-    quiet_library_warnings()
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except HetronError as exc:
-        print(f"hetron train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, "hetron train")

@@ -14,6 +14,14 @@ from data.loader import GlobalBatchLoader, eval_batches
 from data.mixture import StagedBatchLoader, init_history, stage_eval_sets
 from data.packing import micro_batches_for_rank
 from data.prepare import Manifest
+from parallel.plan_execution import (
+    PlannedBatches,
+    align_groups,
+    allowed_group_sizes,
+    plan_statistics,
+    rank_micro_batches,
+)
+from parallel.ulysses import SequenceParallelGroups
 from pretrain import checkpoint as ckpt
 from pretrain.algorithm import Algorithm
 from pretrain.config import Config
@@ -21,9 +29,6 @@ from pretrain.distributed import RankInfo, rng_state, seed_everything, set_rng_s
 from pretrain.errors import HetronError
 from pretrain.metrics import MetricsWriter
 from pretrain.model import Architecture, build_gpt_model, count_parameters
-from parallel.plan_execution import (PlannedBatches, align_groups, allowed_group_sizes, plan_statistics,
-                                     rank_micro_batches)
-from parallel.ulysses import SequenceParallelGroups
 from pretrain.stages import StagePlan
 from pretrain.step import SampleLosses, make_forward_step, packed_params, per_document_sums
 
@@ -79,7 +84,11 @@ class Trainer:
 
     def build(self) -> None:
         from megatron.core import parallel_state as ps
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+            finalize_model_grads,
+        )
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         seed_everything(self.cfg.seed)

@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-
 from conftest import TINY, error_lines, run_hetron
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_hetron
+
 from data.mixture import StagedBatchLoader, StreamSource
 from data.seen_samples import ReplayPool, is_replay_slot
 from pretrain.errors import HetronError

@@ -65,8 +65,9 @@ def test_statistics():
 
 @pytest.mark.slow
 def test_two_rank_dp_gradients_equal_one_rank(tmp_path, small_shards):
-    from launch.local import spawn_ranks
     from conftest import TINY
+
+    from launch.local import spawn_ranks
 
     args = [f"data.shards={small_shards}", *[a for a in TINY if "=" in a], "reweight.strategy=linupper", "reweight.r=0.3",
             "data.global_batch_tokens=1500"]

@@ -5,15 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pretrain.schedules import ScheduleSpec
 from pretrain.scaling_law.curves import curve_from_arrays, reconstruct_lrs
 from pretrain.scaling_law.fit import fit_law, predict_curve, select_max_iter
 from pretrain.scaling_law.forecast import forecast_final_loss
-from pretrain.scaling_law.laws import (AnnealingParams, MultiPowerParams, annealing_area, annealing_law_loss,
-                                       forward_area, multi_power_loss)
+from pretrain.scaling_law.laws import (
+    AnnealingParams,
+    MultiPowerParams,
+    annealing_area,
+    annealing_law_loss,
+    forward_area,
+    multi_power_loss,
+)
 from pretrain.scaling_law.loss_drop import loss_drop_naive
 from pretrain.scaling_law.models import law_model
 from pretrain.scaling_law.optimal_schedule import optimize_schedule
+from pretrain.schedules import ScheduleSpec
 
 MPL = MultiPowerParams(L0=3.0, A=0.5, alpha=0.5, B=400.0, C=2.0, beta=0.6, gamma=0.6)
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, error_lines, run_hetron
+
 from launch.local import spawn_ranks
 from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
 from parallel.plan_execution import align_groups, allowed_group_sizes

@@ -7,8 +7,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, error_lines, run_hetron
+
 from pretrain.config import load_config
 from pretrain.errors import ConfigError
 from pretrain.stages import StagePlan

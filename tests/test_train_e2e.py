@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, error_lines, run_hetron
 
 pytestmark = pytest.mark.slow

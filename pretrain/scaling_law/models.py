@@ -10,8 +10,13 @@ import numpy as np
 import torch
 
 from pretrain.scaling_law.curves import LossCurve
-from pretrain.scaling_law.laws import (DEFAULT_LAMBDA, AnnealingParams, MultiPowerParams, annealing_area,
-                                       forward_area)
+from pretrain.scaling_law.laws import (
+    DEFAULT_LAMBDA,
+    AnnealingParams,
+    MultiPowerParams,
+    annealing_area,
+    forward_area,
+)
 from pretrain.scaling_law.loss_drop import build_loss_drop_plan, loss_drop_sum, merge_plans
 
 

@@ -7,7 +7,7 @@ schedule at the stage boundary: its spec (typically kind "rewarm") is evaluated 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
