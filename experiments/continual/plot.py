@@ -1,4 +1,4 @@
-"""Plots and the results table of the continual-pretraining experiment (experiments/continual.md).
+"""Plots and the results table of the continual-pretraining experiment (EXPERIMENTS.md).
 
 usage: python experiments/continual/plot.py RUNS_DIR OUT_DIR
 """
