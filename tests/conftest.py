@@ -64,3 +64,15 @@ def small_shards(small_corpus, hetron_cache) -> Path:
                        "--max-context", "256", "--eval-fraction", "0.1"])
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def require_slurm() -> None:
+    """Slurm tests skip with the reason when no Slurm is reachable; with CI set they must run."""
+    from launch.slurm_probe import slurm_unreachable_reason
+
+    reason = slurm_unreachable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set, so the Slurm tests must run, but: {reason}")
+        pytest.skip(reason)

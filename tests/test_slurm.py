@@ -4,7 +4,6 @@ no Slurm is reachable and CI is not set; with CI set they fail instead."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,19 +11,9 @@ import pytest
 
 from launch.cluster import query_partitions
 from launch.slurm_env import expand_nodelist
-from launch.slurm_probe import slurm_unreachable_reason
 from pretrain.cli import main as hetron
 
-pytestmark = pytest.mark.slurm
-
-
-@pytest.fixture(scope="module", autouse=True)
-def slurm() -> None:
-    reason = slurm_unreachable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set, so the Slurm tests must run, but: {reason}")
-        pytest.skip(reason)
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("require_slurm")]
 
 
 @pytest.fixture(autouse=True)

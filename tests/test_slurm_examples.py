@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from launch.slurm_probe import slurm_unreachable_reason
 from launch.status_cli import slurm_state
 from pretrain.checkpoint import newest_checkpoint
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("require_slurm")]
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "launch" / "examples"
 TRAIN = ["model.preset=tiny", "data.global_batch_tokens=1024", "train.eval_every=0", "run.plot=false",
@@ -24,15 +23,6 @@ TRAIN = ["model.preset=tiny", "data.global_batch_tokens=1024", "train.eval_every
 # The examples ask for 8 GPUs on one node; here: 2 CPU tasks, no GPUs (gloo), a short limit.
 SMALL_JOB = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"]
 UNFINISHED = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def slurm() -> None:
-    reason = slurm_unreachable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set, so the Slurm tests must run, but: {reason}")
-        pytest.skip(reason)
 
 
 def sbatch(script: str, run_dir: Path) -> str:

@@ -12,28 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from launch.slurm_probe import slurm_unreachable_reason
 from launch.status_cli import slurm_state
 from launch.submit import Submission, SubmitOptions, prepare, submit
 from pretrain.checkpoint import newest_checkpoint
 from pretrain.cli import main as hetron
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("require_slurm")]
 
 # Small and quick: ~1 s a step on 2 busy cores; no eval, plots or TensorBoard.
 TINY = ["model.preset=tiny", "data.global_batch_tokens=1024", "train.eval_every=0", "run.plot=false",
         "run.tensorboard=false"]
 TWO_TASKS = [*TINY, "train.steps=8", "checkpoint.every=2", "launch.nproc=2"]
 JOB_TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module", autouse=True)
-def slurm() -> None:
-    reason = slurm_unreachable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set, so the Slurm tests must run, but: {reason}")
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
