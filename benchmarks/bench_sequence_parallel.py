@@ -37,7 +37,6 @@ def long_tail_batches(path: Path, count: int, batch: int, scale: int, max_len: i
 def run_rank(args, overrides) -> int:
     import torch.distributed as dist
 
-    from data.packing import build_micro_batch  # noqa: F401 - used through rank_micro_batches
     from parallel.plan_execution import align_groups, rank_micro_batches
     from parallel.simulate import static_plan
     from pretrain.config import load_config

@@ -97,27 +97,25 @@ def read_sample(sample: dict, where: str) -> np.ndarray:
     return np.asarray(tokens, dtype=np.int64)
 
 
-class GlobalBatchLoader:
-    """Yields lists of samples (token arrays) whose predictions add up to at most `token_budget`.
+class EpochReader:
+    """A StreamingDataset read sample by sample across epochs from a resumable position.
 
-    Position = (epoch, samples consumed in the epoch): a sample looked at but not taken into a batch
-    is not consumed, so a resumed loader re-reads it.
-    """
+    Position = (epoch, samples consumed in the epoch). The caller advances `sample_in_epoch` only for
+    samples it keeps, so a sample read but not consumed is read again after a resume (`seek`)."""
 
-    def __init__(self, split_dir: Path, token_budget: int, *, seed: int, shuffle: bool = True):
-        self.split_dir = Path(split_dir)
-        self.token_budget = token_budget
+    def __init__(self, dataset, seed: int, where: Path):
+        self.dataset = dataset
         self.seed = seed
-        self.dataset = open_split(self.split_dir, shuffle=shuffle, seed=seed)
+        self.where = where
         self.epoch = 0
         self.sample_in_epoch = 0
         self._iterator = None
-        self._lookahead: np.ndarray | None = None
 
-    def _next_sample(self) -> np.ndarray:
-        if self._lookahead is not None:
-            sample, self._lookahead = self._lookahead, None
-            return sample
+    def seek(self, epoch: int, sample_in_epoch: int) -> None:
+        self.epoch, self.sample_in_epoch = int(epoch), int(sample_in_epoch)
+        self._iterator = None
+
+    def next_item(self) -> dict:
         while True:
             if self._iterator is None:
                 self.dataset.load_state_dict({
@@ -126,7 +124,7 @@ class GlobalBatchLoader:
                 })
                 self._iterator = iter(self.dataset)
             try:
-                return read_sample(next(self._iterator), str(self.split_dir))
+                return next(self._iterator)
             except StopIteration:
                 self._iterator = None
                 self.epoch += 1
@@ -134,8 +132,28 @@ class GlobalBatchLoader:
             except FileNotFoundError as exc:
                 raise HetronError(f"shard file {exc.filename} is missing; re-run `hetron prepare --force`") from None
             except (ValueError, OSError, KeyError) as exc:  # what streaming's readers raise on bad bytes
-                raise HetronError(f"cannot read a sample from the shards in {self.split_dir} ({exc}); "
+                raise HetronError(f"cannot read a sample from the shards in {self.where} ({exc}); "
                                   "they are corrupt: re-run `hetron prepare --force`") from None
+
+
+class GlobalBatchLoader:
+    """Yields lists of samples (token arrays) whose predictions add up to at most `token_budget`.
+
+    A sample looked at but not taken into a batch is not consumed, so a resumed loader re-reads it.
+    """
+
+    def __init__(self, split_dir: Path, token_budget: int, *, seed: int, shuffle: bool = True):
+        self.split_dir = Path(split_dir)
+        self.token_budget = token_budget
+        self.seed = seed
+        self.stream = EpochReader(open_split(self.split_dir, shuffle=shuffle, seed=seed), seed, self.split_dir)
+        self._lookahead: np.ndarray | None = None
+
+    def _next_sample(self) -> np.ndarray:
+        if self._lookahead is not None:
+            sample, self._lookahead = self._lookahead, None
+            return sample
+        return read_sample(self.stream.next_item(), str(self.split_dir))
 
     def next_batch(self) -> list[np.ndarray]:
         batch, tokens = [], 0
@@ -147,18 +165,16 @@ class GlobalBatchLoader:
                 return batch
             batch.append(sample)
             tokens += n
-            self.sample_in_epoch += 1
+            self.stream.sample_in_epoch += 1
             if tokens >= self.token_budget:
                 return batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch, "seed": self.seed,
+        return {"epoch": self.stream.epoch, "sample_in_epoch": self.stream.sample_in_epoch, "seed": self.seed,
                 "token_budget": self.token_budget}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self.sample_in_epoch = int(state["sample_in_epoch"])
-        self._iterator = None
+        self.stream.seek(state["epoch"], state["sample_in_epoch"])
         self._lookahead = None
 
 
@@ -168,7 +184,7 @@ def eval_batches(split_dir: Path, token_budget: int, count: int) -> list[list[np
     out = []
     for _ in range(count):
         batch = loader.next_batch()
-        if loader.epoch > 0:
+        if loader.stream.epoch > 0:
             break
         out.append(batch)
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.loader import machine_wide_streaming_lock, open_split, read_sample
+from data.loader import EpochReader, machine_wide_streaming_lock, open_split, read_sample
 from data.seen_samples import ReplayPool, SeenSet, is_replay_slot, merge_seen
 from pretrain.errors import HetronError
 from pretrain.stages import StagePlan
@@ -90,36 +90,21 @@ class MixtureBatchLoader:
         self.token_budget = token_budget
         self.seed = seed
         self.dataset = open_mixture(sources, shuffle=shuffle, seed=seed)
+        self.stream = EpochReader(self.dataset, seed, Path(sources[0].train).parent)
         self.offsets = np.asarray(self.dataset.sample_offset_per_stream, dtype=np.int64)
         self.pool = pool if pool is not None and len(pool) else None
         self.replay_fraction = replay_fraction if self.pool is not None else 0.0
         self.reader = reader or SplitReader()
-        self.epoch = self.sample_in_epoch = self.taken = self.replayed = 0
+        self.taken = self.replayed = 0
         self.consumed: list[list[int]] = [[] for _ in sources]
         self.last_origins: list[tuple[str, tuple[str, int]]] = []  # of the last batch: ('new'|'replay', (split, index))
-        self._iterator = None
         self._lookahead = None
 
     def _next_new(self) -> tuple[int, int, np.ndarray]:
-        while True:
-            if self._iterator is None:
-                self.dataset.load_state_dict({
-                    "epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch, "num_canonical_nodes": 1,
-                    "shuffle_seed": self.seed, "initial_physical_nodes": 1,
-                })
-                self._iterator = iter(self.dataset)
-            try:
-                item = next(self._iterator)
-            except StopIteration:
-                self._iterator = None
-                self.epoch += 1
-                self.sample_in_epoch = 0
-                continue
-            except FileNotFoundError as exc:
-                raise HetronError(f"shard file missing: {exc.filename}") from None
-            index = int(item[INDEX_KEY])
-            stream = int(np.searchsorted(self.offsets, index, side="right") - 1)
-            return stream, index - int(self.offsets[stream]), read_sample(item, self.sources[stream].train)
+        item = self.stream.next_item()
+        index = int(item[INDEX_KEY])
+        stream = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return stream, index - int(self.offsets[stream]), read_sample(item, self.sources[stream].train)
 
     def _next_slot(self):
         """(kind, where, tokens) of the next sample, kind 'replay' or 'new'."""
@@ -137,7 +122,7 @@ class MixtureBatchLoader:
         if kind == "replay":
             self.replayed += 1
         else:
-            self.sample_in_epoch += 1
+            self.stream.sample_in_epoch += 1
             self.consumed[where[0]].append(where[1])
 
     def next_batch(self) -> list[np.ndarray]:
@@ -161,15 +146,14 @@ class MixtureBatchLoader:
         return {s.train: np.asarray(c, dtype=np.int64) for s, c in zip(self.sources, self.consumed)}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch, "taken": self.taken,
+        return {"epoch": self.stream.epoch, "sample_in_epoch": self.stream.sample_in_epoch, "taken": self.taken,
                 "replayed": self.replayed, "seed": self.seed, "token_budget": self.token_budget,
                 "consumed": [np.asarray(c, dtype=np.int64) for c in self.consumed]}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("epoch", "sample_in_epoch", "taken", "replayed"):
-            setattr(self, key, int(state[key]))
+        self.stream.seek(state["epoch"], state["sample_in_epoch"])
+        self.taken, self.replayed = int(state["taken"]), int(state["replayed"])
         self.consumed = [list(map(int, c)) for c in state["consumed"]]
-        self._iterator = None
         self._lookahead = None
 
 
