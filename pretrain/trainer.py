@@ -234,7 +234,6 @@ class Trainer:
 
         model = self.model_chunks[0]
         held = []
-        local = torch.zeros(num_samples, 2, dtype=torch.float64)
         for mb in micro_batches:
             output = model(mb.tokens.to(self.info.device), mb.positions.to(self.info.device), None,
                            labels=mb.labels.to(self.info.device),
@@ -246,10 +245,12 @@ class Trainer:
             record.add(mb.sample_ids, sums.detach().cpu(), counts.cpu())
             record.token_loss_sum += float(token_losses.detach().sum())
             record.token_count += int(mask.sum())
-            ids = torch.tensor(mb.sample_ids, dtype=torch.long)
-            local[ids, 0] += sums.detach().double().cpu()
-            local[ids, 1] += counts.double().cpu()
-            held.append((ids, sums, counts))
+            held.append((torch.tensor(mb.sample_ids, dtype=torch.long), sums, counts))
+        # This rank's (partial, under sequence parallelism) sums by global sample index, summed over ranks.
+        local = torch.zeros(num_samples, 2, dtype=torch.float64)
+        for sid, total in record.sums.items():
+            local[sid, 0] = total
+            local[sid, 1] = record.counts[sid]
         gathered = local.to(self.info.device)
         dist.all_reduce(gathered, group=ps.get_data_parallel_group())
         gathered = gathered.cpu()
