@@ -18,31 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain.scaling_law.curves import load_curve
 from pretrain.scaling_law.fit import CONVERGED, fit_law, predict_curve, select_max_iter
 from pretrain.scaling_law.laws import PUBLISHED_MPL_25M, MultiPowerParams, multi_power_loss
 from pretrain.scaling_law.loss_drop import loss_drop_naive
 from pretrain.scaling_law.metrics import averaged, curve_metrics, pooled
 from pretrain.scaling_law.models import law_model
+from pretrain.scaling_law.reference_curves import MPL_25M_FIT, MPL_25M_PUBLISHED, MPL_25M_TEST, load_mpl_25m
 from pretrain.schedules import ScheduleSpec
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HETRON_SHARED_DATA", REPO.parent / "shared" / "data")) / "loss-curves" / "mpl-25M"
-BASE = "peak_lr=3e-4,min_lr=3e-5,warmup_steps=2160"
-SPECS = {
-    "cosine_24000": f"kind=cosine,total_steps=24000,{BASE}",
-    "constant_24000": f"kind=constant,total_steps=24000,{BASE}",
-    "wsdcon_9": f"kind=piecewise,total_steps=16000,points=[[2160,3e-4],[8000,9e-5]],interpolate=previous,{BASE}",
-    "cosine_72000": f"kind=cosine,total_steps=72000,{BASE}",
-    "constant_72000": f"kind=constant,total_steps=72000,{BASE}",
-    "wsd_20000_24000": f"kind=wsd,total_steps=24000,cooldown_steps=4000,decay_shape=exponential,{BASE}",
-    "wsdld_20000_24000": f"kind=wsd,total_steps=24000,cooldown_steps=4000,decay_shape=linear,{BASE}",
-    "wsdcon_3": f"kind=piecewise,total_steps=16000,points=[[2160,3e-4],[8000,3e-5]],interpolate=previous,{BASE}",
-    "wsdcon_18": f"kind=piecewise,total_steps=16000,points=[[2160,3e-4],[8000,1.8e-4]],interpolate=previous,{BASE}",
-}
-FIT = ["cosine_24000", "constant_24000", "wsdcon_9"]
-TEST = [n for n in SPECS if n not in FIT]
-TARGET = {"mean_rel_err": 0.00110, "max_rel_err": 0.00409, "r2": 0.9988}
+FIT, TEST, TARGET = list(MPL_25M_FIT), list(MPL_25M_TEST), MPL_25M_PUBLISHED
 
 
 def cpu_and_wall(fn):
@@ -52,15 +38,15 @@ def cpu_and_wall(fn):
 
 
 def bench_loss_drop(every: int) -> dict:
-    """All 72k steps of cosine_72000: blocked vs the naive double sum (timed on every `every`-th
+    """All 72k steps of cosine_72000 (warmup included): blocked vs the naive double sum (timed on every `every`-th
     step and scaled up, since all of it takes minutes) and their largest difference there."""
     torch.set_num_threads(1)
     spec = ScheduleSpec.from_dict(dict(kind="cosine", total_steps=72000, peak_lr=3e-4, min_lr=3e-5, warmup_steps=2160))
-    lrs, W, p = spec.lrs(), 2160, PUBLISHED_MPL_25M
-    all_steps = np.arange(W, 72000)
-    fast, fast_cpu, fast_wall = cpu_and_wall(lambda: multi_power_loss(p, lrs, all_steps, W))
+    lrs, p = spec.lrs(), PUBLISHED_MPL_25M
+    all_steps = np.arange(1, 72000)
+    fast, fast_cpu, fast_wall = cpu_and_wall(lambda: multi_power_loss(p, lrs, all_steps))
     sample = all_steps[::every]
-    naive_drop, naive_cpu, naive_wall = cpu_and_wall(lambda: loss_drop_naive(lrs, W, sample, p.C, p.beta, p.gamma))
+    naive_drop, naive_cpu, naive_wall = cpu_and_wall(lambda: loss_drop_naive(lrs, sample, p.C, p.beta, p.gamma))
     naive = p.L0 + p.A * np.cumsum(lrs)[sample] ** -p.alpha - p.B * naive_drop
     return {"steps": int(len(all_steps)), "fast_cpu_s": fast_cpu, "fast_wall_s": fast_wall,
             "naive_sampled_steps": int(len(sample)), "naive_sampled_cpu_s": naive_cpu,
@@ -136,18 +122,20 @@ def main(argv: list[str]) -> int:
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
 
     ld = bench_loss_drop(args.naive_every)
-    print(f"\nmulti-power law at all {ld['steps']} post-warmup steps of cosine_72000:")
+    print(f"\nmulti-power law at all {ld['steps']} steps of cosine_72000:")
     print(f"  blocked loss drop:  {ld['fast_cpu_s']:.2f} s CPU ({ld['fast_wall_s']:.2f} s wall)")
     print(f"  naive double sum:   {ld['naive_sampled_cpu_s']:.2f} s CPU for every {args.naive_every}th step "
           f"({ld['naive_sampled_steps']} steps) -> {ld['naive_all_cpu_s_extrapolated']:.0f} s CPU for all steps")
     print(f"  speed-up x{ld['naive_all_cpu_s_extrapolated'] / ld['fast_cpu_s']:.0f}; "
           f"largest difference {ld['max_abs_diff']:.2e} (relative {ld['max_rel_diff']:.1e})")
 
-    curves = {n: load_curve(f"{DATA / n}.csv@{s}") for n, s in SPECS.items()}
+    curves = load_mpl_25m(DATA)
     published = evaluate(law_model("mpl"), {k: getattr(PUBLISHED_MPL_25M, k) for k in MultiPowerParams.NAMES},
                          [curves[n] for n in TEST])
     print(f"\npublished MPL parameters evaluated with this implementation: PredE "
-          f"{published['average']['mean_rel_err']:.5f} (they are not transferable as printed: see BENCHMARKS.md)")
+          f"{published['average']['mean_rel_err']:.5f}, WorstE {published['average']['max_rel_err']:.5f}, "
+          f"R^2 {published['average']['r2']:.5f} (published: {TARGET['mean_rel_err']}, {TARGET['max_rel_err']}, "
+          f"{TARGET['r2']})")
     report = {"loss_drop": ld, "published_params_here": {k: v for k, v in published.items() if k != "_preds"}}
     for law in args.laws.split(","):
         res = run_law(law, curves, select=not args.quick, whole_folds=args.whole_folds)

@@ -101,30 +101,44 @@ def start_points(model: LawModel, curves: Sequence[LossCurve],
     return [np.clip(model.to_z(n), np.asarray(lo) + margin, np.asarray(hi) - margin) for n in naturals]
 
 
+SCREEN_ITERATIONS = 50   # every start runs this far; then only the best SURVIVORS go on
+SURVIVORS = 2
+
+
 def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVERGED,
               on_start: Callable[[int], None] | None = None, extra_starts: Sequence[dict] = (),
               only_extra: bool = False) -> list[FitPath]:
-    """One L-BFGS-B path per start, recording every iteration."""
+    """One L-BFGS-B path per start, recording every iteration. All starts run SCREEN_ITERATIONS
+    iterations, then only the SURVIVORS lowest go on to max_iter: the others sit in flat valleys
+    that take hundreds of iterations to cross without ever overtaking the leaders."""
     # one thread: these tensors are small, and extra threads only contend for the cores
     torch.set_num_threads(1)
     objective = Objective(model, curves)
     bounds = model.z_bounds(min(float(c.loss.min()) for c in curves))
-    paths = []
     starts = start_points(model, curves, extra_starts)
     if only_extra and extra_starts:
         starts = starts[:len(extra_starts)]
-    for i, z0 in enumerate(starts):
-        path = FitPath([z0.copy()], [objective(z0)[0]])
 
+    def advance(path: FitPath, iterations: int) -> None:
         def record(zk: np.ndarray) -> None:
             path.zs.append(zk.copy())
             path.objectives.append(objective(zk)[0])
 
-        scipy.optimize.minimize(objective, z0, jac=True, method="L-BFGS-B", bounds=bounds, callback=record,
-                                options={"maxiter": max_iter, "ftol": 1e-8, "gtol": 1e-8, "maxcor": 20})
+        scipy.optimize.minimize(objective, path.zs[-1], jac=True, method="L-BFGS-B", bounds=bounds, callback=record,
+                                options={"maxiter": iterations, "ftol": 1e-8, "gtol": 1e-8, "maxcor": 20})
+
+    paths = []
+    for i, z0 in enumerate(starts):
+        path = FitPath([z0.copy()], [objective(z0)[0]])
+        advance(path, min(max_iter, SCREEN_ITERATIONS))
         paths.append(path)
         if on_start:
             on_start(i)
+    if max_iter > SCREEN_ITERATIONS:
+        leaders = sorted(range(len(paths)), key=lambda i: paths[i].objectives[-1])[:SURVIVORS]
+        for i in leaders:
+            if len(paths[i].zs) == SCREEN_ITERATIONS + 1:   # not converged yet
+                advance(paths[i], max_iter - SCREEN_ITERATIONS)
     return paths
 
 

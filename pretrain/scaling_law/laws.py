@@ -1,8 +1,8 @@
 """The annealing law and the multi-power law as pure functions of a per-step LR array.
 
-`lrs[s]` is the LR of step s, warmup included; `warmup_steps` says where the warmup ends: the
-annealing area and the loss drop count LR changes after it only, while the forward area includes
-the warmup's area (the multi-power law's S1 + S_W).
+`lrs[s]` is the LR of step s, warmup included. The forward area includes the warmup's area (the
+multi-power law's S1 + S_W). The annealing law's S2 counts LR changes after `warmup_steps` only;
+the multi-power law's loss drop counts every change from step 1, as its authors' code does.
 
 Annealing law (Tissue et al. 2024):  L(t) = L0 + A * S1(t)^-alpha - C * S2(t)
     S1(t) = sum_{i<=t} eta_i,  S2(t) = sum_{i<=t} m_i,  m_i = lam * m_{i-1} + (eta_{i-1} - eta_i)
@@ -75,19 +75,19 @@ def annealing_law_loss(params: AnnealingParams, lrs: np.ndarray, steps: np.ndarr
     return params.L0 + params.A * s1 ** -params.alpha - params.C * s2
 
 
-def multi_power_loss(params: MultiPowerParams, lrs: np.ndarray, steps: np.ndarray, warmup_steps: int,
-                     block: int | None = None, exact: bool = False, chunk: int = 2048) -> np.ndarray:
+def multi_power_loss(params: MultiPowerParams, lrs: np.ndarray, steps: np.ndarray, block: int | None = None,
+                     exact: bool = False, chunk: int = 2048) -> np.ndarray:
     """Multi-power-law loss at `steps` (indices into lrs); evaluation steps are taken in chunks so
     that all 72k steps of a long schedule fit in memory."""
     lrs = np.asarray(lrs, dtype=np.float64)
     steps = np.asarray(steps, dtype=np.int64)
     area = forward_area(lrs)[steps]
-    block = block or default_block(int(steps.max(initial=0)) - warmup_steps)
+    block = block or default_block(int(steps.max(initial=0)))
     drop = np.empty(len(steps))
     C, beta, gamma = (torch.tensor(float(v), dtype=torch.float64) for v in (params.C, params.beta, params.gamma))
     with torch.no_grad():
         for lo in range(0, len(steps), chunk):
-            plan = build_loss_drop_plan(lrs, warmup_steps, steps[lo:lo + chunk], block=block, exact=exact)
+            plan = build_loss_drop_plan(lrs, steps[lo:lo + chunk], block=block, exact=exact)
             drop[lo:lo + chunk] = loss_drop_sum(plan, C, beta, gamma).numpy()
     return params.L0 + params.A * area ** -params.alpha - params.B * drop
 
@@ -96,7 +96,7 @@ def predict_loss(law: str, params: dict[str, float], lrs: np.ndarray, steps: np.
                  lam: float = DEFAULT_LAMBDA) -> np.ndarray:
     """Either law by name ("mpl" | "anneal") from a parameter dict, at `steps` of the schedule `lrs`."""
     if law == "mpl":
-        return multi_power_loss(MultiPowerParams(**params), lrs, steps, warmup_steps)
+        return multi_power_loss(MultiPowerParams(**params), lrs, steps)
     if law == "anneal":
         return annealing_law_loss(AnnealingParams(**params), lrs, steps, warmup_steps, lam)
     raise ValueError(f"unknown law {law!r}")

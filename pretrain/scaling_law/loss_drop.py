@@ -1,14 +1,19 @@
 """The multi-power law's loss-drop sum, evaluated in O(N * (T/b + b)) instead of O(N * T).
 
-    LD(t) / B = sum_{W < k <= t} d_k * G(eta_k^-gamma * S_k(t)),   d_k = eta_{k-1} - eta_k,
-    S_k(t) = sum_{tau=k..t} eta_tau = cum[t] - cum[k-1],           G(x) = 1 - (C*x + 1)^-beta.
+    LD(t) / B = sum_{1 <= k <= t} d_k * G(eta_k^-gamma * S_k(t)),   d_k = eta_{k-1} - eta_k,
+    S_k(t) = sum_{tau=k..t} eta_tau = cum[t] - cum[k-1],            G(x) = 1 - (C*x + 1)^-beta.
+
+The sum runs over every step from 1, warmup included (its rising LRs are negative d_k): that is the
+convention of the authors' reference code, and the one their printed parameters need (with the
+warmup left out, those parameters are off by ~0.1 in loss; see BENCHMARKS.md).
 
 Only steps where the LR changes contribute (d_k = 0 on constant stretches). The changes are grouped
-into blocks of b consecutive steps. For an evaluation step t, the changes in t's own block and the one
-before are summed exactly; every older block is summed by a second-order Taylor expansion of G
+into blocks of at most b consecutive steps whose LRs are within MAX_LR_RATIO_IN_BLOCK of each other.
+For an evaluation step t, the changes in t's own block and the EXACT_BLOCKS_BEFORE blocks before
+it are summed exactly; every older block is summed by a second-order Taylor expansion of G
 around the block's |d|-weighted mean x, using block moments of d_k * eta_k^-gamma^p * q_k^r
 (q_k: cum[k-1] minus the block's mean, so the moments stay well conditioned). For older blocks
-S_k(t) is large compared with a block's own LR area, so the expansion's third-order error is tiny.
+S_k(t) is at least twice a block's own LR area, so the expansion's third-order error is tiny.
 With b ~ sqrt(T) the cost of all T steps is O(T^1.5) rather than the naive double sum's O(T^2).
 
 The geometry (which pairs, which areas) does not depend on the law's parameters, so a fit builds
@@ -43,6 +48,12 @@ def default_block(num_steps: int) -> int:
     return max(16, int(np.sqrt(max(num_steps, 1))))
 
 
+# a block never spans LRs further apart than this ratio: the expansion is in x = eta^-gamma * S, and
+# over a warmup from ~0 the eta^-gamma factor would otherwise vary by orders of magnitude in a block
+MAX_LR_RATIO_IN_BLOCK = 1.25
+EXACT_BLOCKS_BEFORE = 2
+
+
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(owner, value) for the concatenation of range(starts[i], stops[i]) over i."""
     lengths = np.maximum(stops - starts, 0)
@@ -52,7 +63,18 @@ def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return owner, values
 
 
-def build_loss_drop_plan(lrs: np.ndarray, warmup_steps: int, steps: np.ndarray, block: int | None = None,
+def step_blocks(lrs: np.ndarray, last: int, block: int) -> np.ndarray:
+    """Block of every step 1..last (index 0 = step 1): runs of at most `block` steps whose LRs lie
+    within MAX_LR_RATIO_IN_BLOCK of each other, numbered from 0."""
+    s = np.arange(1, last + 1)
+    span = (s - 1) // block
+    level = np.floor(np.log(np.maximum(lrs[s], 1e-30)) / np.log(MAX_LR_RATIO_IN_BLOCK))
+    new = np.ones(len(s), dtype=bool)
+    new[1:] = (span[1:] != span[:-1]) | (level[1:] != level[:-1])
+    return np.cumsum(new) - 1
+
+
+def build_loss_drop_plan(lrs: np.ndarray, steps: np.ndarray, block: int | None = None,
                          exact: bool = False) -> LossDropPlan:
     """Precompute the loss-drop geometry for evaluation at `steps` (indices into lrs).
 
@@ -60,20 +82,22 @@ def build_loss_drop_plan(lrs: np.ndarray, warmup_steps: int, steps: np.ndarray, 
     lrs = np.asarray(lrs, dtype=np.float64)
     steps = np.asarray(steps, dtype=np.int64)
     cum = np.cumsum(lrs)
-    first = warmup_steps + 1
     last = int(steps.max()) if len(steps) else 0
-    ks = np.arange(first, last + 1)
+    ks = np.arange(1, last + 1)
     deltas = lrs[ks - 1] - lrs[ks] if len(ks) else np.zeros(0)
     keep = deltas != 0
-    ks, deltas = ks[keep], deltas[keep]
-    prev_cum = cum[ks - 1] if len(ks) else np.zeros(0)
+    prev_cum = cum[ks[keep] - 1] if len(ks) else np.zeros(0)
 
-    b = len(lrs) + 1 if exact else (block or default_block(last - warmup_steps))
-    change_block = (ks - first) // b
-    num_blocks = int(max(change_block.max(initial=-1), ((last - first) // b) if last >= first else -1)) + 1
-    # the eval's own block and the one before it are exact; all older blocks are aggregated
-    eval_block = np.where(steps >= first, (steps - first) // b, -1)
-    exact_from_block = np.maximum(eval_block - 1, 0)
+    if exact:
+        blocks_of_steps = np.zeros(last, dtype=np.int64)
+    else:
+        blocks_of_steps = step_blocks(lrs, last, block or default_block(last))
+    change_block = blocks_of_steps[ks[keep] - 1]
+    ks, deltas = ks[keep], deltas[keep]
+    num_blocks = int(blocks_of_steps[-1]) + 1 if last else 0
+    # the eval's own block and EXACT_BLOCKS_BEFORE before it are exact; all older blocks are aggregated
+    eval_block = np.where(steps >= 1, blocks_of_steps[np.maximum(steps, 1) - 1], -1)
+    exact_from_block = np.maximum(eval_block - EXACT_BLOCKS_BEFORE, 0)
     lo = np.searchsorted(change_block, exact_from_block, side="left")
     hi = np.searchsorted(ks, steps, side="right")
     pair_eval, pair_change = _ranges(lo, hi)
@@ -146,15 +170,14 @@ def loss_drop_sum(plan: LossDropPlan, C: torch.Tensor, beta: torch.Tensor, gamma
     return out
 
 
-def loss_drop_naive(lrs: np.ndarray, warmup_steps: int, steps: np.ndarray, C: float, beta: float,
-                    gamma: float) -> np.ndarray:
+def loss_drop_naive(lrs: np.ndarray, steps: np.ndarray, C: float, beta: float, gamma: float) -> np.ndarray:
     """The double sum as written, one evaluation step at a time: O(N * T). Reference for tests and
     the benchmark only."""
     lrs = np.asarray(lrs, dtype=np.float64)
     cum = np.cumsum(lrs)
     out = np.zeros(len(steps))
     for i, t in enumerate(np.asarray(steps)):
-        k = np.arange(warmup_steps + 1, t + 1)
+        k = np.arange(1, t + 1)
         d = lrs[k - 1] - lrs[k]
         x = np.maximum(lrs[k], 1e-30) ** -gamma * (cum[t] - cum[k - 1])
         out[i] = np.sum(d * (1.0 - (C * x + 1.0) ** -beta))

@@ -76,7 +76,7 @@ def annealing_model(lam: float = DEFAULT_LAMBDA) -> LawModel:
 
 def _mpl_features(curves: Sequence[LossCurve], block: int | None = None):
     area = torch.as_tensor(np.concatenate([forward_area(c.lrs)[c.steps] for c in curves]))
-    plans = [build_loss_drop_plan(c.lrs, c.warmup_steps, c.steps, block=block) for c in curves]
+    plans = [build_loss_drop_plan(c.lrs, c.steps, block=block) for c in curves]
     return area, merge_plans(plans)
 
 

@@ -17,10 +17,10 @@ from pretrain.scaling_law.laws import MultiPowerParams, multi_power_loss
 from pretrain.schedules.spec import ScheduleSpec
 
 
-def final_loss_torch(p: MultiPowerParams, lrs: torch.Tensor, warmup_steps: int) -> torch.Tensor:
+def final_loss_torch(p: MultiPowerParams, lrs: torch.Tensor) -> torch.Tensor:
     """Multi-power-law loss at the last step of `lrs`, differentiable in the LRs."""
     cum = torch.cumsum(lrs, 0)
-    k = torch.arange(warmup_steps + 1, len(lrs))
+    k = torch.arange(1, len(lrs))
     d = lrs[k - 1] - lrs[k]
     x = lrs[k].clamp_min(1e-30) ** -p.gamma * (cum[-1] - cum[k - 1])
     drop = torch.sum(d * (1.0 - (p.C * x + 1.0) ** -p.beta))
@@ -65,7 +65,7 @@ def optimize_schedule(params: MultiPowerParams, total_steps: int, peak_lr: float
         "wsd (20% 1-sqrt cooldown)": ScheduleSpec(kind="wsd", peak_lr=peak_lr, min_lr=min_lr, warmup_steps=W,
                                                   total_steps=T, cooldown_steps=int(0.2 * T), decay_shape="1-sqrt"),
     }
-    baselines = {name: float(multi_power_loss(params, s.lrs(), np.asarray([T - 1]), W, exact=True)[0])
+    baselines = {name: float(multi_power_loss(params, s.lrs(), np.asarray([T - 1]), exact=True)[0])
                  for name, s in specs.items()}
     # the loss surface over schedules is not convex: start near constant and from each baseline
     starts = [np.full(knots, 6.0)] + [theta_for(s.lrs_at(np.round(knot_steps).astype(int))) for s in specs.values()]
@@ -77,14 +77,14 @@ def optimize_schedule(params: MultiPowerParams, total_steps: int, peak_lr: float
 
         def closure():
             opt.zero_grad()
-            loss = final_loss_torch(params, schedule(theta), W)
+            loss = final_loss_torch(params, schedule(theta))
             loss.backward()
             return loss
 
         opt.step(closure)
         with torch.no_grad():
             lrs = schedule(theta).numpy()
-        loss = float(multi_power_loss(params, lrs, np.asarray([T - 1]), W, exact=True)[0])
+        loss = float(multi_power_loss(params, lrs, np.asarray([T - 1]), exact=True)[0])
         if loss < final:
             best, final = lrs, loss
     return ScheduleChoice(best, final, baselines, specs)
