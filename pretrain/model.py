@@ -156,6 +156,13 @@ def build_gpt_model(cfg, arch: Architecture, vocab_size: int, *, bf16: bool, pre
         share_embeddings_and_output_weights=cfg.model.tie_embeddings,
         position_embedding_type="learned_absolute" if arch.position_embedding == "learned" else "none",
     )
+    if bf16:
+        # Without Apex or TE the norms fall back to torch norms created in fp32 whatever params_dtype
+        # says; megatron's non-distributed mixed-precision optimizer cannot checkpoint such a mix.
+        # Parameters only: the RoPE inverse-frequency buffer must stay fp32.
+        for param in model.parameters():
+            if param.dtype == torch.float32:
+                param.data = param.data.to(torch.bfloat16)
     return model
 
 

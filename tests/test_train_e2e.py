@@ -33,8 +33,13 @@ def test_first_batch_loss_equal_at_1_rank_dp2_tp2(tmp_path, small_shards):
     assert one[1] == pytest.approx(tp2[1], rel=1e-5, abs=1e-5)
 
 
-def test_resume_is_bitwise_exact_including_data_order(tmp_path, small_shards):
-    common = ["launch.nproc=2", "checkpoint.every=2", "schedule.total_steps=6"]
+@pytest.mark.parametrize("precision", [
+    [],
+    # bf16 weights with megatron's non-distributed mixed-precision optimizer (fp32 main params)
+    ["train.precision=bf16", "parallel.distributed_optimizer=false"],
+], ids=["fp32-distributed-optimizer", "bf16-plain-optimizer"])
+def test_resume_is_bitwise_exact_including_data_order(tmp_path, small_shards, precision):
+    common = ["launch.nproc=2", "checkpoint.every=2", "schedule.total_steps=6", *precision]
     train(tmp_path / "full", small_shards, *common, "train.steps=6")
     train(tmp_path / "split", small_shards, *common, "train.steps=3")
     proc = train(tmp_path / "split", small_shards, *common, "train.steps=6")
