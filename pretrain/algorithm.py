@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 class Algorithm:
     name = "algorithm"
 
+    def before_wrap(self, trainer: "Trainer", model: torch.nn.Module) -> None:
+        """After the model is built, before megatron's DDP and optimizer wrap it (they size their
+        gradient buffers and optimizer state by the parameters that require grad at that moment)."""
+
     def after_build(self, trainer: "Trainer") -> None:
         """After the model, DDP wrapper and optimizer are built, before any checkpoint is loaded."""
 

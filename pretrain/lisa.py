@@ -272,8 +272,7 @@ class LisaLayerSampling(Algorithm):
 
         return ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
 
-    def layers_for(self, trainer, interval_index: int) -> tuple[int, ...]:
-        module = self._module(trainer)
+    def layers_for(self, module, interval_index: int) -> tuple[int, ...]:
         stage = self._coordinates()[1]
         return sample_layers(self.seed, interval_index, len(module.decoder.layers), self.cfg.layers, stage)
 
@@ -282,11 +281,13 @@ class LisaLayerSampling(Algorithm):
         layers = self._module(trainer).decoder.layers
         return [int(layers[i].layer_number) - 1 for i in self.active]
 
-    def switch(self, trainer, interval_index: int, *, carry: bool = True) -> None:
-        """Make interval `interval_index`'s layers the trainable set and rebuild DDP + optimizer."""
+    def switch(self, trainer, interval_index: int, *, carry: bool = True, rebuild: bool = True) -> None:
+        """Make interval `interval_index`'s layers the trainable set and rebuild DDP + optimizer
+        (rebuild=False: they were built for that set already; every rank must pass the same, as
+        building them runs collectives)."""
         start = time.perf_counter()
         module = self._module(trainer)
-        active = self.layers_for(trainer, interval_index)
+        active = self.layers_for(module, interval_index)
         named = dict(module.named_parameters())
         keys = state_keys(trainer)
         step = optimizer_step_count(trainer.optimizer)
@@ -296,7 +297,8 @@ class LisaLayerSampling(Algorithm):
         else:
             carried = {}
         want = {n: trainable(n, active) for n in named}
-        rebuild_ddp_and_optimizer(trainer, want)
+        if rebuild:
+            rebuild_ddp_and_optimizer(trainer, want)
         init_optimizer_state(trainer.optimizer, step)
         if self.cfg.state == "offload":
             for n in carried:
@@ -312,6 +314,12 @@ class LisaLayerSampling(Algorithm):
 
     # -------------------------------------------------------------------------------- hooks
 
+    def before_wrap(self, trainer, model) -> None:
+        # freeze before megatron's first DDP and optimizer, so that not even they cover all layers
+        active = self.layers_for(model, trainer.step // self.cfg.interval)
+        for name, param in model.named_parameters():
+            param.requires_grad_(trainable(name, active))
+
     def after_build(self, trainer) -> None:
         # Checkpoint keys per layer (decoder.layers.<i>.*) instead of one tensor stacked over layers:
         # the optimizer state of a checkpoint covers the active layers only, and a stacked tensor
@@ -323,7 +331,7 @@ class LisaLayerSampling(Algorithm):
                               "LISA checkpoints need them")
         for flag in flags:
             setattr(config, flag, True)
-        self.switch(trainer, trainer.step // self.cfg.interval, carry=False)
+        self.switch(trainer, trainer.step // self.cfg.interval, carry=False, rebuild=False)  # see before_wrap
 
     def before_checkpoint_load(self, trainer) -> None:
         # The checkpoint's optimizer holds the saved interval's layers: rebuild for exactly those.

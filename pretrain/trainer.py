@@ -97,6 +97,8 @@ class Trainer:
             pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
         )
         model.to(self.info.device)
+        for algo in self.algorithms:
+            algo.before_wrap(self, model)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=self.cfg.parallel.overlap_grad_reduce,
