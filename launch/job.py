@@ -1,6 +1,6 @@
 """The callable submitit runs in every task: export the torch.distributed environment, run `hetron train`
-as this task's rank, and on preemption or time-out requeue the job (a bounded number of times) so it
-resumes from the newest complete checkpoint in its run folder.
+as this task's rank, and on preemption or time-out (Slurm's USR2) finish the current step, save a
+checkpoint on all ranks, and requeue the job (a bounded number of times) so it resumes from there.
 
 A job that fails for its own reasons (an exception, a non-zero exit) raises: submitit records the error,
 Slurm marks the job FAILED, and nothing requeues it.
@@ -8,6 +8,7 @@ Slurm marks the job FAILED, and nothing requeues it.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         import torch
 
+        from pretrain import preemption
         from pretrain.errors import HetronError
         from pretrain.train_cli import main as train_main
 
@@ -39,6 +41,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         print(f"hetron job: {env.describe()}, restart {restarts}, run folder {self.run_dir}", file=sys.stderr,
               flush=True)
+        # submitit's USR2 handler (requeue and exit) now runs after a checkpoint at the next step boundary
+        preemption.install(signal.SIGUSR2)
         try:
             code = train_main(self.train_argv)
         except HetronError as exc:  # the user's error, as one line: the last line of the job's log

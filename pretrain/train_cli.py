@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from pretrain import preemption
 from pretrain.config import Config, dump_config, load_config
 from pretrain.errors import ConfigError, HetronError
 
@@ -121,6 +122,12 @@ def run_rank(cfg: Config) -> int:
         progress = TrainingProgress(cfg, trainer.step, enabled=info.is_main)
         with progress:
             summary = trainer.fit(progress.update)
+        if summary.get("preempted"):
+            if info.is_main:
+                print(f"stopped at step {summary['step']} on the preemption signal; checkpoint saved",
+                      flush=True)
+            preemption.run_callback()  # under submitit, rank 0: requeue the job and exit
+            return 0
         if info.is_main:
             _finish(cfg, summary)
         return 0

@@ -23,6 +23,7 @@ from parallel.plan_execution import (
 )
 from parallel.ulysses import SequenceParallelGroups
 from pretrain import checkpoint as ckpt
+from pretrain import preemption
 from pretrain.algorithm import Algorithm
 from pretrain.config import Config
 from pretrain.distributed import RankInfo, rng_state, seed_everything, set_rng_state
@@ -388,6 +389,7 @@ class Trainer:
         n_params = count_parameters(self.arch, self.manifest.vocab_size, cfg.model.tie_embeddings)
         eval_loss, last = None, None
         rates = []
+        preempted = False
         try:
             while self.step < cfg.train.steps:
                 result = self.train_step()
@@ -410,12 +412,18 @@ class Trainer:
                     writer.log(metrics)
                 if progress is not None:
                     progress(metrics)
-                if result.step % cfg.checkpoint.every == 0 or at_end:
+                saved = result.step % cfg.checkpoint.every == 0 or at_end
+                if saved:
                     self.save()
+                if not at_end and preemption.stop_agreed(self.info.device):
+                    if not saved:
+                        self.save()
+                    preempted = True
+                    break
         finally:
             if writer:
                 writer.close()
         if last is None:
             return {"step": self.step, "message": "nothing to do: the run had already reached train.steps"}
         return {"step": self.step, "final_loss": last.loss, "eval_loss": eval_loss, "tokens": self.tokens_seen,
-                "tokens_per_s": sorted(rates)[len(rates) // 2], "parameters": n_params}
+                "tokens_per_s": sorted(rates)[len(rates) // 2], "parameters": n_params, "preempted": preempted}

@@ -88,18 +88,20 @@ def test_two_task_job_completes_with_metrics_in_its_run_folder(uninterrupted):
 
 
 def test_preempted_job_is_requeued_and_resumes_to_the_same_losses(submitted, uninterrupted, tmp_path):
-    preempted = submitted([*TWO_TASKS, f"run.dir={tmp_path}"])[0]
-    checkpoints = tmp_path / "checkpoints"
-    wait_for("the first checkpoint", lambda: newest_checkpoint(checkpoints) is not None)
-    assert newest_checkpoint(checkpoints).name != "step_00000008", "the run ended before it could be preempted"
+    # no periodic checkpoint before the end: the one it resumes from is written on the signal
+    preempted = submitted([*TWO_TASKS, "checkpoint.every=1000", f"run.dir={tmp_path}"])[0]
+    wait_for("the first steps", lambda: (tmp_path / "metrics.jsonl").is_file() and len(losses(tmp_path)) >= 2)
+    assert max(losses(tmp_path)) < 8, "the run ended before it could be preempted"
     preempted.job._interrupt()  # what Slurm does on preemption: SIGTERM, then USR2 to every task
 
     results = finished(preempted).job.results()
     log = preempted.stdout.read_text() + preempted.stderr.read_text()
     assert [r["restarts"] for r in results] == [1, 1], log[-3000:]
     assert slurm_state(preempted.job_id).requeues == 1
-    resumed = re.search(r"resumed from \S+/step_\d+ at step \d+", log)
-    assert resumed, log[-3000:]
+    stopped = re.search(r"stopped at step (\d+) on the preemption signal; checkpoint saved", log)
+    resumed = re.search(r"resumed from \S+/step_(\d+) at step (\d+)", log)
+    assert stopped and resumed, log[-3000:]
+    assert int(resumed.group(1)) == int(resumed.group(2)) == int(stopped.group(1)) < 8
     got, want = losses(tmp_path), losses(uninterrupted.run_dir)
     assert got == want, f"{resumed.group()}; steps that differ: {[s for s in want if got.get(s) != want[s]]}"
 
