@@ -1,14 +1,14 @@
 """`hetron prepare`: corpus -> tokenizer + MDS shards (train and held-out eval splits)."""
 from __future__ import annotations
 
-import argparse
 import json
 
 from data.prepare import prepare_shards
+from pretrain.arg_parser import OneLineErrorParser
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hetron prepare", description=__doc__)
+    p = OneLineErrorParser(prog="hetron prepare", description=__doc__)
     p.add_argument("--corpus", default="stdlib", help="a directory of text/code files, a .jsonl file, or 'stdlib'")
     p.add_argument("--out", required=True, help="output folder (created; replaced only with --force)")
     p.add_argument("--vocab-size", type=int, default=4096)

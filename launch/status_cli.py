@@ -9,8 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.arg_parser import OneLineErrorParser
 from launch.job_record import JobRecord, load_records, records_dir
+from pretrain.arg_parser import OneLineErrorParser
 from pretrain.errors import HetronError
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.arg_parser import OneLineErrorParser
 from launch.submit import SubmitOptions, prepare, print_submissions, submit
+from pretrain.arg_parser import OneLineErrorParser
 from pretrain.errors import HetronError
 
 

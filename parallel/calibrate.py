@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrain.arg_parser import OneLineErrorParser
 from pretrain.errors import HetronError
 
 
 def parse(argv: list[str]):
-    p = argparse.ArgumentParser(prog="hetron calibrate", description=__doc__,
+    p = OneLineErrorParser(prog="hetron calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", help="an optional config, then key=value overrides (model, launch.nproc, ...)")
     p.add_argument("--lengths", default="128,256,512,1024", help="sequence lengths to time")

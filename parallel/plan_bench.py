@@ -20,11 +20,12 @@ from parallel import native, simulate
 from parallel.cost_model import CostModel
 from parallel.planner import plan_step
 from parallel.planner.step import DEFAULT_TIME_BUDGET_S
+from pretrain.arg_parser import OneLineErrorParser
 from pretrain.errors import HetronError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="hetron plan-bench", description=__doc__.split("\n\n")[0])
+    p = OneLineErrorParser(prog="hetron plan-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", required=True, help="text file, one sequence length per line")
     p.add_argument("--gpus", type=int, required=True, help="data-parallel ranks N")
     p.add_argument("--model", default="7b", help="cost-model preset: 7b, 13b, 30b (default 7b)")

@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 
 from pretrain import preemption
+from pretrain.arg_parser import OneLineErrorParser
 from pretrain.config import Config, dump_config, load_config
 from pretrain.errors import ConfigError, HetronError
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="hetron train", description=__doc__,
+    p = OneLineErrorParser(prog="hetron train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", help="an optional config (YAML path or name under configs/), then key=value overrides")
     p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint (error if none)")

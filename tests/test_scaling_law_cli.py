@@ -55,6 +55,16 @@ def test_bad_csv_is_one_line_naming_the_file(tmp_path, mutate, header, message):
     assert path in line and message in line, line
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--law", "nope", "--fit", "a.csv"], "argument --law: invalid choice: 'nope'"),
+    (["predict", "--schedule", "kind=constant"], "the following arguments are required: --params"),
+    (["optimize", "--params", "p.json", "--steps", "many", "--peak-lr", "3e-4"], "argument --steps: invalid int"),
+])
+def test_bad_option_is_one_line(args, message):
+    line = one_error_line(hetron(*args))
+    assert message in line and "(see --help)" in line, line
+
+
 def test_schedule_shorter_than_the_curve(tmp_path):
     path = write_csv(tmp_path / "c.csv", good_rows())
     line = one_error_line(hetron("--law", "anneal", "--fit", f"{path}@kind=constant,total_steps=500,warmup_steps=10"))

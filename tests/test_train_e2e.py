@@ -107,6 +107,7 @@ def one_error_line(proc) -> str:
     ("model.preset=huge", ["model.preset", "tiny"]),
     ("schedule.min_lr=1", ["schedule.min_lr", "peak_lr"]),
     ("parallel.tensor=3", ["parallel.tensor"]),
+    ("--no-progres", ["unrecognized arguments: --no-progres", "see --help"]),
 ])
 def test_bad_config_is_one_line(tmp_path, arg, words):
     line = one_error_line(run_hetron(["train", f"run.dir={tmp_path / 'r'}", arg]))

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pretrain.arg_parser import OneLineErrorParser
 from pretrain.errors import HetronError
 from pretrain.scaling_law.curves import LossCurve, load_curve
 from pretrain.scaling_law.metrics import averaged, curve_metrics, pooled
@@ -23,7 +24,7 @@ DEFAULT_LAMBDA = 0.999   # = laws.DEFAULT_LAMBDA
 
 
 def fit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hetron fit-law", description="Fit a scaling law to loss curves; "
+    p = OneLineErrorParser(prog="hetron fit-law", description="Fit a scaling law to loss curves; "
                                 "see also `hetron fit-law predict -h` and `hetron fit-law optimize -h`.")
     p.add_argument("--law", default="mpl", choices=LAWS + ("both",), help="multi-power law, annealing law, or both")
     p.add_argument("--fit", nargs="+", required=True, metavar="CURVE",
@@ -174,7 +175,7 @@ def read_params(path: str, law: str | None) -> tuple[str, dict[str, float], floa
 def main_predict(argv: list[str]) -> int:
     from pretrain.schedules.spec import parse_spec_text
 
-    p = argparse.ArgumentParser(prog="hetron fit-law predict",
+    p = OneLineErrorParser(prog="hetron fit-law predict",
                                 description="predicted loss of a schedule from saved law parameters")
     p.add_argument("--params", required=True, help="JSON written by `hetron fit-law --json`")
     p.add_argument("--law", default=None, choices=LAWS, help="which law, when the JSON holds both")
@@ -213,7 +214,7 @@ def main_optimize(argv: list[str]) -> int:
     from pretrain.scaling_law.laws import MultiPowerParams
     from pretrain.scaling_law.optimal_schedule import optimize_schedule
 
-    p = argparse.ArgumentParser(prog="hetron fit-law optimize",
+    p = OneLineErrorParser(prog="hetron fit-law optimize",
                                 description="the monotone schedule with the lowest predicted final loss (multi-power law)")
     p.add_argument("--params", required=True, help="JSON written by `hetron fit-law --law mpl --json`")
     p.add_argument("--steps", type=int, required=True, help="step budget (total steps)")

@@ -5,12 +5,13 @@ import argparse
 
 import numpy as np
 
+from pretrain.arg_parser import OneLineErrorParser
 from pretrain.errors import HetronError
 from pretrain.schedules.spec import ScheduleSpec, parse_spec_text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hetron schedule", description=__doc__)
+    parser = OneLineErrorParser(prog="hetron schedule", description=__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     plot = sub.add_parser("plot", help="plot schedules and print their LR at given steps")
     plot.add_argument("specs", nargs="+", metavar="SPEC",
