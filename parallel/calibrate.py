@@ -63,9 +63,10 @@ def fit_cost_model(times: dict[tuple[int, int], float], layers: int, hidden: int
         c_d = max(float(np.dot(Ls, [r for _, r in rows]) / np.dot(Ls, Ls)), 1e-9)
         megabytes_per_token = 4 * 2 * layers * hidden * bytes_per_element / 2**20 / d
         bandwidth[d] = megabytes_per_token / c_d
+    # with groups of 1 only there is no all-to-all to measure: the model keeps its default bandwidths
+    measured = {"bandwidth_gbps": bandwidth} if bandwidth else {}
     return CostModel(a1=float(a1), a2=float(a2), beta=float(beta), layers=layers, hidden=hidden,
-                     bandwidth_gbps=bandwidth or {2: 1.0}, capacity_tokens=capacity_tokens,
-                     bytes_per_element=bytes_per_element)
+                     capacity_tokens=capacity_tokens, bytes_per_element=bytes_per_element, **measured)
 
 
 def time_group_step(trainer, length: int, size: int, repeats: int, rng: np.random.Generator) -> float:

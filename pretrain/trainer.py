@@ -412,13 +412,10 @@ class Trainer:
                     writer.log(metrics)
                 if progress is not None:
                     progress(metrics)
-                saved = result.step % cfg.checkpoint.every == 0 or at_end
-                if saved:
+                preempted = not at_end and preemption.stop_agreed(self.info.device)
+                if result.step % cfg.checkpoint.every == 0 or at_end or preempted:
                     self.save()
-                if not at_end and preemption.stop_agreed(self.info.device):
-                    if not saved:
-                        self.save()
-                    preempted = True
+                if preempted:
                     break
         finally:
             if writer:
