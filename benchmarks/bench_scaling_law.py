@@ -2,7 +2,8 @@
 sum, and both laws on the mpl-25M curves with the authors' split (fit cosine_24000, constant_24000,
 wsdcon_9; predict the other six): per-curve, averaged and pooled R^2 / mean / worst relative error and
 fit wall time, for the fit run to convergence and for the early stop chosen by validation on the
-fitting curves only. Everything printed is measured in this run.
+fitting curves only, for each optimiser (the multi-power law: its authors' AdamW procedure and
+L-BFGS-B). Everything printed is measured in this run.
 
     .venv/bin/python benchmarks/bench_scaling_law.py [--json out.json] [--plot-dir DIR] [--quick]
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain.scaling_law.fit import CONVERGED, fit_law, predict_curve, select_max_iter
+from pretrain.scaling_law.fit import fit_law, predict_curve, select_max_iter
 from pretrain.scaling_law.laws import PUBLISHED_MPL_25M, MultiPowerParams, multi_power_loss
 from pretrain.scaling_law.loss_drop import loss_drop_naive
 from pretrain.scaling_law.metrics import averaged, curve_metrics, pooled
@@ -62,22 +63,27 @@ def evaluate(model, params, curves) -> dict:
             "pooled": pooled([preds[c.name] for c in curves], [c.loss for c in curves]), "_preds": preds}
 
 
-def run_law(law: str, curves: dict, select: bool, whole_folds: bool) -> dict:
+def run_law(law: str, optimizer: str, curves: dict, select: bool, whole_folds: bool) -> dict:
+    """The fit with `optimizer` at its default stop (L-BFGS-B: converged; AdamW: the authors' 200 steps
+    with patience 20) and, with `select`, at the stop chosen by validation on the fitting curves."""
     model = law_model(law)
     fit_curves, test_curves = [curves[n] for n in FIT], [curves[n] for n in TEST]
     out = {}
     if select:
-        sel, sel_cpu, sel_wall = cpu_and_wall(lambda: select_max_iter(model, fit_curves, whole=whole_folds))
-        result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, sel["max_iter"]))
-        out["early_stop"] = {"selection": sel, "selection_cpu_s": sel_cpu, "selection_wall_s": sel_wall,
-                             "params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu,
-                             "fit_wall_s": wall, "fit": result.metrics["average"],
-                             "test": evaluate(model, result.params, test_curves)}
-        print_law(law, {"early_stop": out["early_stop"]})
-    result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, CONVERGED))
-    out["converged"] = {"params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu, "fit_wall_s": wall,
-                        "fit": result.metrics["average"], "test": evaluate(model, result.params, test_curves)}
-    print_law(law, {"converged": out["converged"]})
+        sel, sel_cpu, sel_wall = cpu_and_wall(
+            lambda: select_max_iter(model, fit_curves, whole=whole_folds, optimizer=optimizer))
+        result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, sel["max_iter"], optimizer))
+        out[f"{optimizer}/early_stop"] = {
+            "selection": sel, "selection_cpu_s": sel_cpu, "selection_wall_s": sel_wall, "params": result.params,
+            "iterations": result.iterations, "fit_cpu_s": cpu, "fit_wall_s": wall, "fit": result.metrics["average"],
+            "test": evaluate(model, result.params, test_curves)}
+        print_law(law, {f"{optimizer}/early_stop": out[f"{optimizer}/early_stop"]})
+    default = "converged" if optimizer == "lbfgs" else "default"
+    result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, optimizer=optimizer))
+    out[f"{optimizer}/{default}"] = {"params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu,
+                                     "fit_wall_s": wall, "fit": result.metrics["average"],
+                                     "test": evaluate(model, result.params, test_curves)}
+    print_law(law, {f"{optimizer}/{default}": out[f"{optimizer}/{default}"]})
     return out
 
 
@@ -86,9 +92,11 @@ def print_law(law: str, res: dict) -> None:
     for variant, r in res.items():
         t = r["test"]
         extra = ""
-        if variant == "early_stop":
-            extra = (f"  [max_iter {r['selection']['max_iter']} chosen on the fitting curves in "
-                     f"{r['selection_wall_s']:.1f} s wall / {r['selection_cpu_s']:.1f} s CPU]")
+        if variant.endswith("early_stop"):
+            sel = r["selection"]
+            extra = (f"  [max_iter {sel['max_iter']} chosen on the fitting curves in "
+                     f"{r['selection_wall_s']:.1f} s wall / {r['selection_cpu_s']:.1f} s CPU; its validation "
+                     f"mean rel err {sel['validation_mean_rel_err'][sel['max_iter']]:.5f}]")
         print(f"\n{law} / {variant}: fit {r['fit_wall_s']:.1f} s wall, {r['fit_cpu_s']:.1f} s CPU, "
               f"{r['iterations']} iterations{extra}")
         print("  params: " + ", ".join(f"{k}={v:.4g}" for k, v in r["params"].items()))
@@ -114,6 +122,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--plot-dir", default=None)
     ap.add_argument("--quick", action="store_true", help="skip the early-stop selection (the slow part)")
     ap.add_argument("--laws", default="mpl,anneal")
+    ap.add_argument("--optimizers", default=None,
+                    help="comma-separated, for every law (default: adamw and lbfgs for mpl, lbfgs for anneal)")
     ap.add_argument("--naive-every", type=int, default=64)
     ap.add_argument("--whole-folds", action="store_true",
                     help="validation also holds out each fitting curve whole (default: tails only)")
@@ -138,7 +148,10 @@ def main(argv: list[str]) -> int:
           f"{TARGET['r2']})")
     report = {"loss_drop": ld, "published_params_here": {k: v for k, v in published.items() if k != "_preds"}}
     for law in args.laws.split(","):
-        res = run_law(law, curves, select=not args.quick, whole_folds=args.whole_folds)
+        optimizers = args.optimizers.split(",") if args.optimizers else (["adamw", "lbfgs"] if law == "mpl" else ["lbfgs"])
+        res = {}
+        for optimizer in optimizers:
+            res |= run_law(law, optimizer, curves, select=not args.quick, whole_folds=args.whole_folds)
         if args.plot_dir:
             from pretrain.scaling_law.plot import plot_fit
 
@@ -146,7 +159,7 @@ def main(argv: list[str]) -> int:
             model = law_model(law)
             for variant, r in res.items():
                 preds = {c.name: predict_curve(model, r["params"], c) for c in curves.values()}
-                path = os.path.join(args.plot_dir, f"mpl25m-{law}-{variant}.png")
+                path = os.path.join(args.plot_dir, f"mpl25m-{law}-{variant.replace('/', '-')}.png")
                 plot_fit(law, [curves[n] for n in FIT], [curves[n] for n in TEST], preds, path,
                          title=f"{law} ({variant}): fit on {', '.join(FIT)}; the rest predicted")
                 print(f"  wrote {path}")

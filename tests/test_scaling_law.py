@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from pretrain.scaling_law.curves import curve_from_arrays, reconstruct_lrs
-from pretrain.scaling_law.fit import fit_law, predict_curve, select_max_iter
+from pretrain.scaling_law.fit import (
+    ADAMW_PATIENCE,
+    Objective,
+    adamw_path,
+    fit_law,
+    informed_start,
+    predict_curve,
+    select_max_iter,
+)
 from pretrain.scaling_law.forecast import forecast_final_loss
 from pretrain.scaling_law.laws import (
     PUBLISHED_MPL_25M,
@@ -21,7 +29,7 @@ from pretrain.scaling_law.loss_drop import loss_drop_naive
 from pretrain.scaling_law.metrics import averaged, curve_metrics
 from pretrain.scaling_law.models import law_model
 from pretrain.scaling_law.optimal_schedule import optimize_schedule
-from pretrain.scaling_law.reference_curves import MPL_25M_PUBLISHED, MPL_25M_TEST, load_mpl_25m
+from pretrain.scaling_law.reference_curves import MPL_25M_FIT, MPL_25M_PUBLISHED, MPL_25M_TEST, load_mpl_25m
 from pretrain.schedules import ScheduleSpec
 
 MPL = MultiPowerParams(L0=3.0, A=0.5, alpha=0.5, B=400.0, C=2.0, beta=0.6, gamma=0.6)
@@ -188,3 +196,37 @@ def test_published_parameters_reproduce_the_published_test_metrics(shared_data):
     assert avg["mean_rel_err"] == pytest.approx(MPL_25M_PUBLISHED["mean_rel_err"], rel=0.1)
     assert avg["max_rel_err"] == pytest.approx(MPL_25M_PUBLISHED["max_rel_err"], rel=0.1)
     assert avg["r2"] == pytest.approx(MPL_25M_PUBLISHED["r2"], abs=5e-4)
+
+
+def test_adamw_path_keeps_the_best_point_stays_in_bounds_and_stops_on_patience():
+    law = lambda lrs, steps, W: multi_power_loss(MPL, lrs, steps)  # noqa: E731
+    curves = [synthetic_curve("wsd", wsd(), law, every=100, noise=1e-3)]
+    model = law_model("mpl")
+    # a start far off, with C pushed against its upper bound: the projection must hold it there
+    start = dict(informed_start(model, curves), C=1e9)
+    path = adamw_path(model, curves, start, steps=400)
+    assert all(b <= a for a, b in zip(path.objectives, path.objectives[1:]))
+    assert path.objectives[-1] < path.objectives[0]
+    objective = Objective(model, curves)
+    for z, value in zip(path.zs, path.objectives):   # each recorded point has the recorded objective
+        assert objective(z)[0] == pytest.approx(value, rel=1e-9)
+    bounds = model.z_bounds(float(curves[0].loss.min()))
+    assert all(lo - 1e-12 <= v <= hi + 1e-12 for z in path.zs for v, (lo, hi) in zip(z, bounds))
+    # noisy data: the objective stalls well before 400 steps, and the path ends `patience` steps later
+    assert len(path.zs) < 401
+    assert len(path.zs) - 1 - path.objectives.index(path.objectives[-1]) == ADAMW_PATIENCE
+
+
+def test_authors_adamw_procedure_reproduces_the_published_fit(shared_data):
+    """The multi-power law's default fit (informed start, AdamW, patience 20) on the authors' three
+    fitting curves lands on their printed parameters and meets their printed test metrics."""
+    curves = load_mpl_25m(shared_data / "loss-curves" / "mpl-25M")
+    model = law_model("mpl")
+    result = fit_law(model, [curves[n] for n in MPL_25M_FIT], optimizer="adamw")
+    assert result.optimizer == "adamw" and result.iterations < 200   # stopped on patience
+    for name in MultiPowerParams.NAMES:
+        assert result.params[name] == pytest.approx(getattr(PUBLISHED_MPL_25M, name), rel=0.01), name
+    avg = averaged([curve_metrics(predict_curve(model, result.params, curves[n]), curves[n].loss)
+                    for n in MPL_25M_TEST])
+    assert avg["mean_rel_err"] <= MPL_25M_PUBLISHED["mean_rel_err"]
+    assert avg["max_rel_err"] <= MPL_25M_PUBLISHED["max_rel_err"]

@@ -59,6 +59,7 @@ def test_bad_csv_is_one_line_naming_the_file(tmp_path, mutate, header, message):
     (["--law", "nope", "--fit", "a.csv"], "argument --law: invalid choice: 'nope'"),
     (["predict", "--schedule", "kind=constant"], "the following arguments are required: --params"),
     (["optimize", "--params", "p.json", "--steps", "many", "--peak-lr", "3e-4"], "argument --steps: invalid int"),
+    (["--fit", "a.csv", "--optimizer", "sgd"], "argument --optimizer: invalid choice: 'sgd'"),
 ])
 def test_bad_option_is_one_line(args, message):
     line = one_error_line(hetron(*args))
@@ -69,6 +70,12 @@ def test_schedule_shorter_than_the_curve(tmp_path):
     path = write_csv(tmp_path / "c.csv", good_rows())
     line = one_error_line(hetron("--law", "anneal", "--fit", f"{path}@kind=constant,total_steps=500,warmup_steps=10"))
     assert path in line and "shorter than the curve (last step 1050)" in line
+
+
+def test_max_iter_below_one(tmp_path):
+    path = write_csv(tmp_path / "c.csv", good_rows())
+    line = one_error_line(hetron("--law", "anneal", "--fit", path, "--warmup", "0", "--max-iter", "0"))
+    assert "--max-iter 0: must be at least 1" in line
 
 
 def test_missing_warmup_missing_file_and_bad_spec(tmp_path):
@@ -162,3 +169,27 @@ def test_optimize_needs_mpl_parameters_and_compares_with_cosine_and_wsd(tmp_path
     losses = json.loads((tmp_path / "o.json").read_text())["predicted_final_loss"]
     assert set(losses) == {"optimised", "cosine", "wsd (20% 1-sqrt cooldown)"}
     assert losses["optimised"] <= min(losses["cosine"], losses["wsd (20% 1-sqrt cooldown)"])
+
+
+def test_mpl_default_fit_on_the_authors_split_meets_their_test_metrics(tmp_path, shared_data):
+    """The acceptance check of issue 9 as a script would run it: fit the three curves, predict the six,
+    read the averaged metrics from --json."""
+    from pretrain.scaling_law.reference_curves import (
+        MPL_25M_FIT,
+        MPL_25M_PUBLISHED,
+        MPL_25M_SPECS,
+        MPL_25M_TEST,
+    )
+
+    d = shared_data / "loss-curves" / "mpl-25M"
+    out = tmp_path / "mpl.json"
+    proc = hetron("--fit", *[f"{d}/{n}.csv@{MPL_25M_SPECS[n]}" for n in MPL_25M_FIT],
+                  "--predict", *[f"{d}/{n}.csv@{MPL_25M_SPECS[n]}" for n in MPL_25M_TEST], "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())["mpl"]
+    assert report["fit"]["optimizer"] == "adamw"
+    avg = report["predict"]["average"]
+    assert avg["mean_rel_err"] <= MPL_25M_PUBLISHED["mean_rel_err"]
+    assert avg["max_rel_err"] <= MPL_25M_PUBLISHED["max_rel_err"]
+    assert avg["r2"] >= MPL_25M_PUBLISHED["r2"]
+    assert set(report["predict"]["curves"]) == set(MPL_25M_TEST)

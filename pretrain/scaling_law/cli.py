@@ -34,8 +34,13 @@ def fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None,
                    help="warmup steps of curves without a schedule spec (their LR is reconstructed from the log)")
     p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA, help="annealing-law momentum")
+    p.add_argument("--optimizer", default=None, choices=("lbfgs", "adamw"),
+                   help="adamw: the multi-power-law authors' procedure (informed start, AdamW, at most 200 steps, "
+                        "patience 20); lbfgs: L-BFGS-B from several generic starts to convergence "
+                        "(default: adamw for mpl, lbfgs for anneal)")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--max-iter", type=int, default=None, help="early stop: L-BFGS-B iterations (default: converge)")
+    stop.add_argument("--max-iter", type=int, default=None,
+                      help="early stop: L-BFGS-B iterations or AdamW steps (default: converge / 200)")
     stop.add_argument("--select-stop", action="store_true",
                       help="choose the early stop by validation on the --fit curves: each one's last 30%% "
                            "held out in turn")
@@ -60,10 +65,13 @@ def run_fit(law: str, fit_curves: list[LossCurve], predict_curves: list[LossCurv
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pretrain.scaling_law.fit import CONVERGED, fit_law, predict_curve, select_max_iter
+    from pretrain.scaling_law.fit import default_optimizer, fit_law, predict_curve, select_max_iter
     from pretrain.scaling_law.models import law_model
 
     model = law_model(law, args.lam)
+    optimizer = args.optimizer or default_optimizer(law)
+    if args.max_iter is not None and args.max_iter < 1:
+        raise HetronError(f"--max-iter {args.max_iter}: must be at least 1")
     console = Console(stderr=True)
     selection = None
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -73,10 +81,12 @@ def run_fit(law: str, fit_curves: list[LossCurve], predict_curves: list[LossCurv
 
             task = progress.add_task(f"{law}: choosing the early stop (validation folds)",
                                      total=len(validation_folds(fit_curves)))
-            selection = select_max_iter(model, fit_curves, on_fold=lambda i: progress.advance(task))
-        max_iter = selection["max_iter"] if selection else (args.max_iter or CONVERGED)
-        task = progress.add_task(f"{law}: fitting {len(fit_curves)} curve(s)", total=len(model.starts))
-        result = fit_law(model, fit_curves, max_iter, on_start=lambda i: progress.advance(task))
+            selection = select_max_iter(model, fit_curves, optimizer=optimizer,
+                                        on_fold=lambda i: progress.advance(task))
+        max_iter = selection["max_iter"] if selection else args.max_iter
+        starts = len(model.starts) if optimizer == "lbfgs" else 1
+        task = progress.add_task(f"{law}: fitting {len(fit_curves)} curve(s) ({optimizer})", total=starts)
+        result = fit_law(model, fit_curves, max_iter, optimizer, on_start=lambda i: progress.advance(task))
     result.selection = selection
     predictions = {c.name: predict_curve(model, result.params, c) for c in fit_curves + predict_curves}
     per_curve = {c.name: curve_metrics(predictions[c.name], c.loss) for c in predict_curves}
@@ -95,7 +105,7 @@ def print_table(result: dict, fit_curves: list[LossCurve], predict_curves: list[
     from rich.table import Table
 
     law, fit = result["law"], result["fit"]
-    table = Table(title=f"{law} law: fit in {fit['seconds']:.1f} s, {fit['iterations']} iterations "
+    table = Table(title=f"{law} law: fit in {fit['seconds']:.1f} s, {fit['optimizer']}, {fit['iterations']} iterations "
                         f"(max {fit['max_iter']}), start {fit['start']}")
     for col in ("curve", "role", "R^2", "mean rel err", "worst rel err", "points"):
         table.add_column(col, justify="left" if col in ("curve", "role") else "right")

@@ -1,9 +1,14 @@
 """Robust fitting of a law to one or several loss curves jointly.
 
-Objective: mean Huber loss (delta 1e-3) of log(predicted) - log(observed) over all points, minimised
-by L-BFGS-B with exact gradients (torch autograd) over bounded parameters, from several starts; the
-best start wins. `max_iter` caps the iterations: an early stop that regularises the fit (see
-`select_max_iter`, which picks it by validation on the fitting curves alone).
+Objective: mean Huber loss (delta 1e-3) of log(predicted) - log(observed) over all points, with
+bounded parameters. Two optimisers:
+- "lbfgs": L-BFGS-B with exact gradients (torch autograd) from several generic starts; the best wins.
+  `max_iter` caps the iterations: an early stop that regularises the fit.
+- "adamw": the multi-power-law authors' procedure: one start fitted to the curves (the law's
+  informed start, e.g. the linearised multi-power law), then AdamW on the natural parameters (lr 5e-2
+  for scales, 5e-3 for exponents, decoupled weight decay 0.01), keeping the lowest objective seen,
+  at most 200 steps, stopping after 20 steps without improvement. `max_iter` caps the steps.
+`select_max_iter` picks the cap by validation on the fitting curves alone.
 """
 from __future__ import annotations
 
@@ -22,11 +27,29 @@ from pretrain.scaling_law.models import LawModel
 
 HUBER_DELTA = 1e-3
 CONVERGED = 10_000  # "no early stop"
+OPTIMIZERS = ("lbfgs", "adamw")
+
+ADAMW_STEPS = 200
+ADAMW_PATIENCE = 20
+ADAMW_LR_SCALES = 5e-2      # L0, A, B, C
+ADAMW_LR_EXPONENTS = 5e-3   # alpha, beta, gamma
+ADAMW_WEIGHT_DECAY = 0.01
+EXPONENTS = frozenset({"alpha", "beta", "gamma"})
+
+
+def default_optimizer(law: str) -> str:
+    """The multi-power law fits with its authors' AdamW procedure, the annealing law with L-BFGS-B."""
+    return "adamw" if law == "mpl" else "lbfgs"
+
+
+def default_max_iter(optimizer: str) -> int:
+    return ADAMW_STEPS if optimizer == "adamw" else CONVERGED
 
 
 @dataclass
 class FitPath:
-    """Parameters after every L-BFGS-B iteration of one start, and the training objective there."""
+    """Parameters after every iteration of one start and the training objective there (for AdamW,
+    whose objective goes up and down, the lowest-objective parameters seen so far)."""
     zs: list[np.ndarray]
     objectives: list[float]
 
@@ -40,6 +63,7 @@ class FitResult:
     law: str
     params: dict[str, float]
     objective: float
+    optimizer: str
     max_iter: int
     iterations: int
     start: int
@@ -49,7 +73,7 @@ class FitResult:
     selection: dict | None = None
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("law", "params", "objective", "max_iter", "iterations", "start",
+        return {k: getattr(self, k) for k in ("law", "params", "objective", "optimizer", "max_iter", "iterations", "start",
                                                "seconds", "fit_curves", "metrics", "selection")}
 
 
@@ -75,13 +99,16 @@ class Objective:
         value, grad = self._cache[key]
         return value, grad.copy()
 
-    def _evaluate(self, z: np.ndarray) -> tuple[float, np.ndarray]:
-        zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
-        p = self.model.from_z(zt)
-        pred = self.model.predict(p, self.features).clamp_min(1e-8)
+    def natural(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The objective at natural-unit parameters, differentiable."""
+        pred = self.model.predict(params, self.features).clamp_min(1e-8)
         total = huber(torch.log(pred) - self.log_loss, self.delta).sum()
         # scaled so that a typical objective is O(1) and L-BFGS-B's tolerances make sense
-        value = total / (self.num_points * self.delta ** 2)
+        return total / (self.num_points * self.delta ** 2)
+
+    def _evaluate(self, z: np.ndarray) -> tuple[float, np.ndarray]:
+        zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        value = self.natural(self.model.from_z(zt))
         if not torch.isfinite(value):
             return 1e30, np.zeros_like(z)
         value.backward()
@@ -105,14 +132,12 @@ SCREEN_ITERATIONS = 50   # every start runs this far; then only the best SURVIVO
 SURVIVORS = 2
 
 
-def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVERGED,
-              on_start: Callable[[int], None] | None = None, extra_starts: Sequence[dict] = (),
-              only_extra: bool = False) -> list[FitPath]:
+def lbfgs_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVERGED,
+                on_start: Callable[[int], None] | None = None, extra_starts: Sequence[dict] = (),
+                only_extra: bool = False) -> list[FitPath]:
     """One L-BFGS-B path per start, recording every iteration. All starts run SCREEN_ITERATIONS
     iterations, then only the SURVIVORS lowest go on to max_iter: the others sit in flat valleys
     that take hundreds of iterations to cross without ever overtaking the leaders."""
-    # one thread: these tensors are small, and extra threads only contend for the cores
-    torch.set_num_threads(1)
     objective = Objective(model, curves)
     bounds = model.z_bounds(min(float(c.loss.min()) for c in curves))
     starts = start_points(model, curves, extra_starts)
@@ -142,6 +167,73 @@ def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONV
     return paths
 
 
+def informed_start(model: LawModel, curves: Sequence[LossCurve]) -> dict[str, float]:
+    if model.informed_start is not None:
+        return model.informed_start(curves, model.bounds, HUBER_DELTA)
+    first = model.starts[0]
+    return dict(first, L0=first["L0"] * min(float(c.loss.min()) for c in curves))
+
+
+def adamw_path(model: LawModel, curves: Sequence[LossCurve], start: dict[str, float],
+               steps: int = ADAMW_STEPS, patience: int = ADAMW_PATIENCE) -> FitPath:
+    """AdamW on the natural parameters from `start`, projected into the bounds after every step. The
+    path records, after each step, the lowest-objective parameters seen so far; it ends early once
+    `patience` steps in a row bring no improvement."""
+    objective = Objective(model, curves)
+    min_loss = min(float(c.loss.min()) for c in curves)
+    box = {n: (lo, min(hi, min_loss) if n == "L0" else hi) for n, (lo, hi) in model.bounds.items()}
+    params = {n: torch.tensor(float(np.clip(start[n], *box[n])), dtype=torch.float64, requires_grad=True)
+              for n in model.param_names}
+    optimizer = torch.optim.AdamW(
+        [{"params": [params[n] for n in model.param_names if n not in EXPONENTS], "lr": ADAMW_LR_SCALES},
+         {"params": [params[n] for n in model.param_names if n in EXPONENTS], "lr": ADAMW_LR_EXPONENTS}],
+        weight_decay=ADAMW_WEIGHT_DECAY)
+    path = FitPath([], [])
+    best, since_best = np.inf, 0
+    for _ in range(steps + 1):
+        optimizer.zero_grad()
+        value = objective.natural(params)
+        current = {n: float(v.detach()) for n, v in params.items()}
+        v = float(value.detach())
+        if np.isfinite(v) and v < best:
+            best, best_z, since_best = v, model.to_z(current), 0
+        else:
+            since_best += 1
+        if not np.isfinite(best):
+            raise HetronError(f"{model.name}: the objective is not finite at the start {current}")
+        path.zs.append(best_z)
+        path.objectives.append(best)
+        if since_best >= patience or len(path.zs) == steps + 1:
+            break
+        value.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for n, v in params.items():
+                v.clamp_(*box[n])
+    return path
+
+
+def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int | None = None, optimizer: str = "lbfgs",
+              on_start: Callable[[int], None] | None = None, extra_starts: Sequence[dict] = (),
+              only_extra: bool = False) -> list[FitPath]:
+    """The optimisation paths of `optimizer` (see the module doc); AdamW runs one path from the
+    informed start, or one from each extra start with only_extra."""
+    # one thread: these tensors are small, and extra threads only contend for the cores
+    torch.set_num_threads(1)
+    if optimizer not in OPTIMIZERS:
+        raise HetronError(f"unknown optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
+    max_iter = default_max_iter(optimizer) if max_iter is None else max_iter
+    if optimizer == "lbfgs":
+        return lbfgs_paths(model, curves, max_iter, on_start, extra_starts, only_extra)
+    starts = list(extra_starts) if (only_extra and extra_starts) else [informed_start(model, curves)]
+    paths = []
+    for i, start in enumerate(starts):
+        paths.append(adamw_path(model, curves, start, max_iter))
+        if on_start:
+            on_start(i)
+    return paths
+
+
 def best_at(paths: Sequence[FitPath], iteration: int) -> tuple[int, np.ndarray, float]:
     """The start with the lowest training objective after `iteration` iterations."""
     candidates = [(p.at(iteration)[1], i) for i, p in enumerate(paths)]
@@ -155,23 +247,25 @@ def predict_curve(model: LawModel, params: dict[str, float], curve: LossCurve) -
         return model.predict(p, model.features([curve])).numpy()
 
 
-def fit_law(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CONVERGED,
+def fit_law(model: LawModel, curves: Sequence[LossCurve], max_iter: int | None = None, optimizer: str = "lbfgs",
             on_start: Callable[[int], None] | None = None, extra_starts: Sequence[dict] = (),
             only_extra: bool = False) -> FitResult:
-    """Fit `model` to `curves` jointly; the best of several starts after at most max_iter iterations."""
+    """Fit `model` to `curves` jointly with `optimizer`; the best start after at most max_iter
+    iterations (default: L-BFGS-B to convergence, AdamW's 200 steps)."""
     if not curves:
         raise HetronError("no curves to fit")
     t0 = time.perf_counter()
-    paths = fit_paths(model, curves, max_iter, on_start, extra_starts, only_extra)
+    max_iter = default_max_iter(optimizer) if max_iter is None else max_iter
+    paths = fit_paths(model, curves, max_iter, optimizer, on_start, extra_starts, only_extra)
     start, z, objective = best_at(paths, max_iter)
     params = {k: float(v) for k, v in model.from_z(z).items()}
     per_curve = {c.name: curve_metrics(predict_curve(model, params, c), c.loss) for c in curves}
     metrics = per_curve | {"average": averaged(list(per_curve.values()))}
-    return FitResult(model.name, params, objective, max_iter, min(max_iter, len(paths[start].zs) - 1), start,
+    return FitResult(model.name, params, objective, optimizer, max_iter, min(max_iter, len(paths[start].zs) - 1), start,
                      time.perf_counter() - t0, [c.name for c in curves], metrics)
 
 
-STOP_CANDIDATES = (10, 20, 30, 50, 75, 100, 150, 200)
+STOP_CANDIDATES = {"lbfgs": (10, 20, 30, 50, 75, 100, 150, 200), "adamw": tuple(range(20, 201, 20))}
 TAIL_FRACTION = 0.3
 
 
@@ -193,21 +287,22 @@ def validation_folds(curves: Sequence[LossCurve], tail_fraction: float = TAIL_FR
     return folds
 
 
-def select_max_iter(model: LawModel, curves: Sequence[LossCurve], candidates: Sequence[int] = STOP_CANDIDATES,
+def select_max_iter(model: LawModel, curves: Sequence[LossCurve], candidates: Sequence[int] | None = None,
                     on_fold: Callable[[int], None] | None = None, tail_fraction: float = TAIL_FRACTION,
-                    whole: bool = False) -> dict:
+                    whole: bool = False, optimizer: str = "lbfgs") -> dict:
     """Choose the early stop by validation on the fitting curves alone: for every fold of
     `validation_folds` (each curve's tail held out; with whole=True also each curve held out whole),
     fit on the rest,
     score each iteration budget by the held-out points' mean relative error, average over the folds,
     and take the best budget (the smaller one on ties)."""
+    candidates = STOP_CANDIDATES[optimizer] if candidates is None else candidates
     folds = validation_folds(curves, tail_fraction, whole)
     if not folds:
         raise HetronError("choosing the early stop needs fitting curves long enough to hold out a tail (17+ points)")
     t0 = time.perf_counter()
     scores = {k: [] for k in candidates}
     for i, (_, train, held_out) in enumerate(folds):
-        paths = fit_paths(model, train, max(candidates))
+        paths = fit_paths(model, train, max(candidates), optimizer)
         for k in candidates:
             _, z, _ = best_at(paths, k)
             params = {n: float(v) for n, v in model.from_z(z).items()}
@@ -216,6 +311,6 @@ def select_max_iter(model: LawModel, curves: Sequence[LossCurve], candidates: Se
             on_fold(i)
     mean_scores = {k: float(np.mean(v)) for k, v in scores.items()}
     best = min(candidates, key=lambda k: (round(mean_scores[k], 6), k))
-    return {"max_iter": int(best), "validation_mean_rel_err": mean_scores,
+    return {"optimizer": optimizer, "max_iter": int(best), "validation_mean_rel_err": mean_scores,
             "per_fold": {label: {k: scores[k][i] for k in candidates} for i, (label, _, _) in enumerate(folds)},
             "seconds": time.perf_counter() - t0}

@@ -17,6 +17,7 @@ from pretrain.scaling_law.laws import (
     annealing_area,
     forward_area,
 )
+from pretrain.scaling_law.linearised_start import mpl_linearised_start
 from pretrain.scaling_law.loss_drop import build_loss_drop_plan, loss_drop_sum, merge_plans
 
 
@@ -30,6 +31,8 @@ class LawModel:
     features: Callable[[Sequence[LossCurve]], Any]   # of all curves, predictions concatenated
     predict: Callable[[dict[str, torch.Tensor], Any], torch.Tensor]
     make_params: Callable[..., Any]
+    # curves, bounds, Huber delta -> a start fitted to the curves (natural units); None: the first generic start
+    informed_start: Callable[[Sequence[LossCurve], dict, float], dict[str, float]] | None = None
 
     def to_z(self, natural: dict[str, float]) -> np.ndarray:
         return np.array([math.log(natural[n]) if n in self.log_params else natural[n] for n in self.param_names])
@@ -103,6 +106,7 @@ def multi_power_model() -> LawModel:
         features=_mpl_features,
         predict=_mpl_predict,
         make_params=MultiPowerParams,
+        informed_start=mpl_linearised_start,
     )
 
 
