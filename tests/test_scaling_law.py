@@ -169,6 +169,9 @@ def test_forecast_predicts_the_final_loss_from_a_partial_curve():
     assert fc.final_loss == pytest.approx(truth, rel=0.02)
     again = forecast_final_loss(steps, losses, lrs, 200, law="anneal", previous=fc.params)
     assert again.final_loss == pytest.approx(fc.final_loss, rel=1e-3)
+    by_adamw = forecast_final_loss(steps, losses, lrs, 200, law="mpl", optimizer="adamw")
+    assert by_adamw.final_loss < losses[-1]
+    assert by_adamw.final_loss == pytest.approx(truth, rel=0.02)
 
 
 def test_optimised_schedule_is_monotone_and_beats_cosine_and_wsd():

@@ -38,13 +38,14 @@ def subsample(steps: np.ndarray, losses: np.ndarray, max_points: int) -> tuple[n
 
 def forecast_final_loss(steps, losses, lrs, warmup_steps: int, law: str = "mpl",
                         previous: dict[str, float] | None = None, skip_warmup: bool = True,
-                        lam: float = DEFAULT_LAMBDA) -> Forecast | None:
+                        lam: float = DEFAULT_LAMBDA, optimizer: str = "lbfgs") -> Forecast | None:
     """Fit `law` to (steps, losses) observed so far under the per-step schedule `lrs` (the whole
     configured run, len(lrs) = total steps) and predict the loss at the last step.
 
     Returns None while there are too few points to fit (fewer than 5 after the warmup). Non-finite
-    losses are dropped. Only the previous forecast's parameters and one generic start are tried,
-    so a call takes a second or two."""
+    losses are dropped. With L-BFGS-B (the default: on partial mpl-25M curves it forecasts better than
+    the AdamW procedure, see benchmarks/bench_forecast.py) only the previous forecast's parameters and
+    one generic start are tried, so a call takes a second or two; AdamW starts from its informed start."""
     steps = np.asarray(steps, dtype=np.int64)
     losses = np.asarray(losses, dtype=np.float64)
     keep = np.isfinite(losses) & (losses > 0) & (steps < len(lrs))
@@ -56,8 +57,11 @@ def forecast_final_loss(steps, losses, lrs, warmup_steps: int, law: str = "mpl",
     t0 = time.perf_counter()
     curve = curve_from_arrays("so-far", steps, losses, lrs, warmup_steps)
     model = law_model(law, lam)
-    extra = [previous] if previous else [dict(model.starts[0], L0=model.starts[0]["L0"] * float(losses.min()))]
-    result = fit_law(model, [curve], max_iter=FORECAST_MAX_ITER, extra_starts=extra, only_extra=True)
+    if optimizer == "adamw":
+        result = fit_law(model, [curve], optimizer="adamw")
+    else:
+        extra = [previous] if previous else [dict(model.starts[0], L0=model.starts[0]["L0"] * float(losses.min()))]
+        result = fit_law(model, [curve], max_iter=FORECAST_MAX_ITER, extra_starts=extra, only_extra=True)
     final_step = len(lrs) - 1
     final_loss = float(predict_loss(model.name, result.params, lrs, np.asarray([final_step]), warmup_steps, lam)[0])
     return Forecast(int(steps[-1]), final_step, final_loss, result.params, model.name,
