@@ -68,22 +68,20 @@ def run_law(law: str, optimizer: str, curves: dict, select: bool, whole_folds: b
     with patience 20) and, with `select`, at the stop chosen by validation on the fitting curves."""
     model = law_model(law)
     fit_curves, test_curves = [curves[n] for n in FIT], [curves[n] for n in TEST]
+
+    def fitted(max_iter: int | None) -> dict:
+        result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, max_iter, optimizer))
+        return {"params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu, "fit_wall_s": wall,
+                "fit": result.metrics["average"], "test": evaluate(model, result.params, test_curves)}
+
     out = {}
     if select:
         sel, sel_cpu, sel_wall = cpu_and_wall(
             lambda: select_max_iter(model, fit_curves, whole=whole_folds, optimizer=optimizer))
-        result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, sel["max_iter"], optimizer))
-        out[f"{optimizer}/early_stop"] = {
-            "selection": sel, "selection_cpu_s": sel_cpu, "selection_wall_s": sel_wall, "params": result.params,
-            "iterations": result.iterations, "fit_cpu_s": cpu, "fit_wall_s": wall, "fit": result.metrics["average"],
-            "test": evaluate(model, result.params, test_curves)}
-        print_law(law, {f"{optimizer}/early_stop": out[f"{optimizer}/early_stop"]})
-    default = "converged" if optimizer == "lbfgs" else "default"
-    result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, optimizer=optimizer))
-    out[f"{optimizer}/{default}"] = {"params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu,
-                                     "fit_wall_s": wall, "fit": result.metrics["average"],
-                                     "test": evaluate(model, result.params, test_curves)}
-    print_law(law, {f"{optimizer}/{default}": out[f"{optimizer}/{default}"]})
+        out[f"{optimizer}/early_stop"] = {"selection": sel, "selection_cpu_s": sel_cpu, "selection_wall_s": sel_wall,
+                                          **fitted(sel["max_iter"])}
+    out[f"{optimizer}/{'converged' if optimizer == 'lbfgs' else 'default'}"] = fitted(None)
+    print_law(law, out)
     return out
 
 

@@ -70,8 +70,6 @@ def run_fit(law: str, fit_curves: list[LossCurve], predict_curves: list[LossCurv
 
     model = law_model(law, args.lam)
     optimizer = args.optimizer or default_optimizer(law)
-    if args.max_iter is not None and args.max_iter < 1:
-        raise HetronError(f"--max-iter {args.max_iter}: must be at least 1")
     console = Console(stderr=True)
     selection = None
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -139,6 +137,8 @@ def plot_path(base: str, law: str, many: bool) -> str:
 
 def main_fit(argv: list[str]) -> int:
     args = fit_parser().parse_args(argv)
+    if args.max_iter is not None and args.max_iter < 1:
+        raise HetronError(f"--max-iter {args.max_iter}: must be at least 1")
     fit_curves = load_all(args.fit, args.warmup)
     predict_curves = load_all(args.predict, args.warmup)
     laws = LAWS if args.law == "both" else (args.law,)

@@ -115,13 +115,17 @@ class Objective:
         return float(value.detach()), zt.grad.numpy().copy()
 
 
+def lowest_loss(curves: Sequence[LossCurve]) -> float:
+    return min(float(c.loss.min()) for c in curves)
+
+
 def start_points(model: LawModel, curves: Sequence[LossCurve],
                  extra: Sequence[dict[str, float]] = ()) -> list[np.ndarray]:
     """The model's generic starts (L0 as a fraction of the lowest loss) and any `extra` starts in
     natural units (e.g. the previous forecast's parameters), clipped into the bounds."""
-    min_loss = min(float(c.loss.min()) for c in curves)
+    min_loss = lowest_loss(curves)
     bounds = model.z_bounds(min_loss)
-    naturals = list(extra) + [dict(start, L0=start["L0"] * min_loss) for start in model.starts]
+    naturals = list(extra) + model.generic_starts(min_loss)
     lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
     # strictly inside: L-BFGS-B's projected gradient stalls on a start that sits on a bound
     margin = 1e-9 * (np.asarray(hi) - np.asarray(lo))
@@ -139,7 +143,7 @@ def lbfgs_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CO
     iterations, then only the SURVIVORS lowest go on to max_iter: the others sit in flat valleys
     that take hundreds of iterations to cross without ever overtaking the leaders."""
     objective = Objective(model, curves)
-    bounds = model.z_bounds(min(float(c.loss.min()) for c in curves))
+    bounds = model.z_bounds(lowest_loss(curves))
     starts = start_points(model, curves, extra_starts)
     if only_extra and extra_starts:
         starts = starts[:len(extra_starts)]
@@ -169,9 +173,8 @@ def lbfgs_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int = CO
 
 def informed_start(model: LawModel, curves: Sequence[LossCurve]) -> dict[str, float]:
     if model.informed_start is not None:
-        return model.informed_start(curves, model.bounds, HUBER_DELTA)
-    first = model.starts[0]
-    return dict(first, L0=first["L0"] * min(float(c.loss.min()) for c in curves))
+        return model.informed_start(curves, model.natural_bounds(lowest_loss(curves)), HUBER_DELTA)
+    return model.generic_starts(lowest_loss(curves))[0]
 
 
 def adamw_path(model: LawModel, curves: Sequence[LossCurve], start: dict[str, float],
@@ -180,8 +183,7 @@ def adamw_path(model: LawModel, curves: Sequence[LossCurve], start: dict[str, fl
     path records, after each step, the lowest-objective parameters seen so far; it ends early once
     `patience` steps in a row bring no improvement."""
     objective = Objective(model, curves)
-    min_loss = min(float(c.loss.min()) for c in curves)
-    box = {n: (lo, min(hi, min_loss) if n == "L0" else hi) for n, (lo, hi) in model.bounds.items()}
+    box = model.natural_bounds(lowest_loss(curves))
     params = {n: torch.tensor(float(np.clip(start[n], *box[n])), dtype=torch.float64, requires_grad=True)
               for n in model.param_names}
     optimizer = torch.optim.AdamW(
@@ -189,27 +191,29 @@ def adamw_path(model: LawModel, curves: Sequence[LossCurve], start: dict[str, fl
          {"params": [params[n] for n in model.param_names if n in EXPONENTS], "lr": ADAMW_LR_EXPONENTS}],
         weight_decay=ADAMW_WEIGHT_DECAY)
     path = FitPath([], [])
-    best, since_best = np.inf, 0
+    since_best = 0
     for _ in range(steps + 1):
         optimizer.zero_grad()
         value = objective.natural(params)
-        current = {n: float(v.detach()) for n, v in params.items()}
-        v = float(value.detach())
-        if np.isfinite(v) and v < best:
-            best, best_z, since_best = v, model.to_z(current), 0
+        current = float(value.detach())
+        if not path.zs and not np.isfinite(current):
+            natural = {n: float(t.detach()) for n, t in params.items()}
+            raise HetronError(f"{model.name}: the objective is not finite at the start {natural}")
+        if np.isfinite(current) and (not path.zs or current < path.objectives[-1]):
+            path.zs.append(model.to_z({n: float(t.detach()) for n, t in params.items()}))
+            path.objectives.append(current)
+            since_best = 0
         else:
+            path.zs.append(path.zs[-1])
+            path.objectives.append(path.objectives[-1])
             since_best += 1
-        if not np.isfinite(best):
-            raise HetronError(f"{model.name}: the objective is not finite at the start {current}")
-        path.zs.append(best_z)
-        path.objectives.append(best)
         if since_best >= patience or len(path.zs) == steps + 1:
             break
         value.backward()
         optimizer.step()
         with torch.no_grad():
-            for n, v in params.items():
-                v.clamp_(*box[n])
+            for n, t in params.items():
+                t.clamp_(*box[n])
     return path
 
 
@@ -265,7 +269,7 @@ def fit_law(model: LawModel, curves: Sequence[LossCurve], max_iter: int | None =
                      time.perf_counter() - t0, [c.name for c in curves], metrics)
 
 
-STOP_CANDIDATES = {"lbfgs": (10, 20, 30, 50, 75, 100, 150, 200), "adamw": tuple(range(20, 201, 20))}
+STOP_CANDIDATES = {"lbfgs": (10, 20, 30, 50, 75, 100, 150, 200), "adamw": tuple(range(20, ADAMW_STEPS + 1, 20))}
 TAIL_FRACTION = 0.3
 
 

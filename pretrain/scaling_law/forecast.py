@@ -60,7 +60,7 @@ def forecast_final_loss(steps, losses, lrs, warmup_steps: int, law: str = "mpl",
     if optimizer == "adamw":
         result = fit_law(model, [curve], optimizer="adamw")
     else:
-        extra = [previous] if previous else [dict(model.starts[0], L0=model.starts[0]["L0"] * float(losses.min()))]
+        extra = [previous] if previous else model.generic_starts(float(losses.min()))[:1]
         result = fit_law(model, [curve], max_iter=FORECAST_MAX_ITER, extra_starts=extra, only_extra=True)
     final_step = len(lrs) - 1
     final_loss = float(predict_loss(model.name, result.params, lrs, np.asarray([final_step]), warmup_steps, lam)[0])

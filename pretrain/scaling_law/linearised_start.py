@@ -32,7 +32,8 @@ class _SaturatedDropObjective:
         self.area = np.concatenate([forward_area(c.lrs)[c.steps] for c in curves])
         self.log_area = np.log(self.area)
         self.drop = np.concatenate([c.lrs.max() - c.lrs[c.steps] for c in curves])
-        self.log_loss = np.log(np.concatenate([c.loss for c in curves]))
+        self.loss = np.concatenate([c.loss for c in curves])
+        self.log_loss = np.log(self.loss)
         self.delta = delta
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -52,14 +53,13 @@ class _SaturatedDropObjective:
 
 def mpl_linearised_start(curves: Sequence[LossCurve], bounds: dict[str, tuple[float, float]],
                          delta: float) -> dict[str, float]:
-    """Starting multi-power-law parameters (natural units) for fitting `curves` jointly; `bounds` are
-    the law's (L0's upper bound is lowered to the lowest loss here)."""
-    min_loss = min(float(c.loss.min()) for c in curves)
-    peak_lr = max(float(c.lrs.max()) for c in curves)
+    """Starting multi-power-law parameters (natural units) for fitting `curves` jointly within
+    `bounds` (LawModel.natural_bounds for these curves)."""
     objective = _SaturatedDropObjective(curves, delta)
-    slope, intercept = np.polyfit(objective.log_area, np.log(np.exp(objective.log_loss) - min_loss + 0.01), 1)
+    min_loss = float(objective.loss.min())
+    peak_lr = max(float(c.lrs.max()) for c in curves)
+    slope, intercept = np.polyfit(objective.log_area, np.log(objective.loss - min_loss + 0.01), 1)
     box = [bounds["L0"], bounds["A"], bounds["alpha"], bounds["B"]]
-    box[0] = (box[0][0], min(box[0][1], min_loss))
     lo, hi = np.array([b[0] for b in box]), np.array([b[1] for b in box])
     grid = itertools.product(min_loss + L0_OFFSETS, np.exp(intercept) + np.asarray(A_OFFSETS),
                              -slope + np.asarray(ALPHA_OFFSETS), np.asarray(B_TIMES_PEAK_LR) / peak_lr)

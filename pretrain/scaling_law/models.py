@@ -31,7 +31,7 @@ class LawModel:
     features: Callable[[Sequence[LossCurve]], Any]   # of all curves, predictions concatenated
     predict: Callable[[dict[str, torch.Tensor], Any], torch.Tensor]
     make_params: Callable[..., Any]
-    # curves, bounds, Huber delta -> a start fitted to the curves (natural units); None: the first generic start
+    # curves, natural_bounds, Huber delta -> a start fitted to the curves (natural units); None: the first generic start
     informed_start: Callable[[Sequence[LossCurve], dict, float], dict[str, float]] | None = None
 
     def to_z(self, natural: dict[str, float]) -> np.ndarray:
@@ -41,14 +41,18 @@ class LawModel:
         lib = torch if isinstance(z, torch.Tensor) else np
         return {n: (lib.exp(z[i]) if n in self.log_params else z[i]) for i, n in enumerate(self.param_names)}
 
+    def natural_bounds(self, min_loss: float) -> dict[str, tuple[float, float]]:
+        """The bounds for curves whose lowest loss is `min_loss`: the floor L0 cannot exceed it."""
+        return {n: (lo, min(hi, min_loss)) if n == "L0" else (lo, hi) for n, (lo, hi) in self.bounds.items()}
+
     def z_bounds(self, min_loss: float) -> list[tuple[float, float]]:
-        out = []
-        for n in self.param_names:
-            lo, hi = self.bounds[n]
-            if n == "L0":
-                hi = min(hi, min_loss)
-            out.append((math.log(lo), math.log(hi)) if n in self.log_params else (lo, hi))
-        return out
+        box = self.natural_bounds(min_loss)
+        return [(math.log(box[n][0]), math.log(box[n][1])) if n in self.log_params else box[n]
+                for n in self.param_names]
+
+    def generic_starts(self, min_loss: float) -> list[dict[str, float]]:
+        """`starts` in natural units for curves whose lowest loss is `min_loss`."""
+        return [dict(start, L0=start["L0"] * min_loss) for start in self.starts]
 
 
 def _anneal_features(curves: Sequence[LossCurve], lam: float) -> tuple[torch.Tensor, torch.Tensor]:
