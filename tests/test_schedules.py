@@ -47,6 +47,7 @@ def test_constant():
     ("cosine", MIN + 0.5 * (PEAK - MIN) * (1 + math.cos(math.pi * 0.25))),
     ("1-sqrt", MIN + (PEAK - MIN) * (1 - math.sqrt(0.25))),
     ("exponential", PEAK * (MIN / PEAK) ** 0.25),
+    ("megatron-exponential", MIN + (PEAK - MIN) * (2 * 0.5 ** 0.25 - 1)),
 ])
 def test_wsd_cooldown_shapes(shape, mid):
     spec = ScheduleSpec(kind="wsd", peak_lr=PEAK, min_lr=MIN, warmup_steps=100, total_steps=1000,
@@ -66,6 +67,75 @@ def test_wsd_exponential_matches_the_mpl_25m_formula():
     for s in (20000, 21234, 23999):
         ref = PEAK ** ((T - s) / (T - D)) * MIN ** ((s - D) / (T - D))
         assert spec.lr(s) == pytest.approx(ref, rel=1e-12)
+
+
+def test_the_two_exponentials_are_different_curves():
+    geometric, megatron = (ScheduleSpec(kind="wsd", peak_lr=PEAK, min_lr=MIN, warmup_steps=0, total_steps=1000,
+                                        cooldown_steps=200, decay_shape=shape) for shape in
+                           ("exponential", "megatron-exponential"))
+    assert geometric.lr(900) == pytest.approx(PEAK * (MIN / PEAK) ** 0.5, rel=1e-12)
+    assert megatron.lr(900) == pytest.approx(MIN + (PEAK - MIN) * (2 * 0.5 ** 0.5 - 1), rel=1e-12)
+    assert megatron.lr(900) / geometric.lr(900) > 1.4          # ~33% apart mid-cooldown at min = peak / 10
+    for s in (800, 1000):
+        assert megatron.lr(s) == pytest.approx(geometric.lr(s), rel=1e-12)
+    # megatron's needs no positive floor
+    ScheduleSpec(kind="wsd", min_lr=0.0, cooldown_steps=10, decay_shape="megatron-exponential").validate()
+
+
+def _megatron_scheduler(args: dict):
+    import torch
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args["max_lr"])
+    return OptimizerParamScheduler(optimizer, start_wd=0.1, end_wd=0.1, wd_incr_steps=args["lr_decay_steps"],
+                                   wd_incr_style="constant", **args), optimizer
+
+
+SHARED_WITH_MEGATRON = [
+    dict(kind="constant", warmup_steps=10, total_steps=100),
+    dict(kind="constant", warmup_steps=0, total_steps=100),
+    dict(kind="cosine", warmup_steps=10, total_steps=100),
+    dict(kind="cosine", warmup_steps=0, total_steps=97, decay_shape="linear"),
+    dict(kind="rewarm", warmup_init_lr=MIN, warmup_steps=7, total_steps=100),
+    dict(kind="rewarm", warmup_init_lr=1e-4, warmup_steps=7, total_steps=100, decay_shape="linear"),
+    *[dict(kind="wsd", warmup_steps=10, total_steps=100, cooldown_steps=30, decay_shape=shape)
+      for shape in ("linear", "cosine", "1-sqrt", "megatron-exponential")],
+    dict(kind="wsd", warmup_steps=0, total_steps=100, cooldown_steps=100, decay_shape="1-sqrt"),
+    dict(kind="wsd", warmup_init_lr=MIN, warmup_steps=5, total_steps=64, cooldown_steps=13,
+         decay_shape="megatron-exponential", min_lr=0.0),
+]
+
+
+@pytest.mark.parametrize("values", SHARED_WITH_MEGATRON,
+                         ids=lambda v: "-".join(str(v.get(k, "")) for k in ("kind", "decay_shape", "warmup_steps")))
+def test_every_shared_schedule_equals_megatron_cores_scheduler_step_by_step(values):
+    """LR of the first optimizer step = the scheduler's after construction (step(0)); megatron's
+    training loop then calls step(1) after every optimizer step. Past the end both keep min_lr."""
+    from pretrain.schedules.megatron import megatron_scheduler_args
+
+    spec = ScheduleSpec(**{"peak_lr": PEAK, "min_lr": MIN, **values}).validate()
+    args = megatron_scheduler_args(spec)
+    assert args is not None
+    scheduler, optimizer = _megatron_scheduler(args)
+    ours = spec.lrs(spec.total_steps + 10)
+    theirs = []
+    for _ in range(len(ours)):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step(1)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-18)
+
+
+@pytest.mark.parametrize("values", [
+    dict(kind="wsd", cooldown_steps=30, decay_shape="exponential"),   # geometric: megatron has no such curve
+    dict(kind="cosine", decay_shape="1-sqrt"),                        # megatron has 1-sqrt only inside WSD
+    dict(kind="infinite", constant_lr=1e-4, cooldown_steps=10),
+    dict(kind="piecewise", points=[[0, PEAK], [50, MIN]]),
+])
+def test_schedules_megatron_cannot_express_have_no_equivalent(values):
+    from pretrain.schedules.megatron import megatron_scheduler_args
+
+    spec = ScheduleSpec(**{"peak_lr": PEAK, "min_lr": MIN, "warmup_steps": 10, "total_steps": 100, **values}).validate()
+    assert megatron_scheduler_args(spec) is None
 
 
 def test_infinite_phases():

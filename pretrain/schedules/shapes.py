@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 
-DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential", "megatron-exponential")
 INFINITE_COOLDOWN_SHAPES = ("inv-sqrt", "cosine")
 
 
 def decay(frac: np.ndarray, start_lr: float, end_lr: float, shape: str) -> np.ndarray:
-    """LR along a decay from start_lr (frac=0) to end_lr (frac=1); frac is clipped to [0, 1]."""
+    """LR along a decay from start_lr (frac=0) to end_lr (frac=1); frac is clipped to [0, 1].
+
+    Two different curves are called "exponential" in this field; both are here, under two names:
+    "exponential" is the geometric start * (end / start)^f (the multi-power-law paper's WSD cooldown,
+    which the scaling-law curves use); "megatron-exponential" is megatron-core's WSD "exponential",
+    end + (start - end) * (2 * 0.5^f - 1). They agree at f = 0 and f = 1 only."""
     frac = np.clip(frac, 0.0, 1.0)
     if shape == "linear":
         return start_lr + (end_lr - start_lr) * frac
@@ -23,6 +28,9 @@ def decay(frac: np.ndarray, start_lr: float, end_lr: float, shape: str) -> np.nd
     if shape == "exponential":
         # geometric interpolation: start^(1-f) * end^f
         return start_lr * (end_lr / start_lr) ** frac
+    if shape == "megatron-exponential":
+        # megatron-core OptimizerParamScheduler, lr_wsd_decay_style="exponential"
+        return end_lr + (start_lr - end_lr) * (2.0 * 0.5 ** frac - 1.0)
     raise ValueError(f"unknown decay shape {shape!r}")
 
 

@@ -25,8 +25,8 @@ class ScheduleSpec:
 
     constant:  warmup, then peak_lr.
     cosine:    warmup, then decay_shape (default cosine) from peak_lr to min_lr at total_steps.
-    wsd:       warmup, stable at peak_lr, cooldown of cooldown_steps (linear|cosine|1-sqrt|exponential)
-               ending at min_lr at total_steps. stable_steps is derived; if given it must agree.
+    wsd:       warmup, stable at peak_lr, cooldown of cooldown_steps (linear|cosine|1-sqrt|exponential|
+               megatron-exponential) ending at min_lr at total_steps (shapes.decay gives the formulas). stable_steps is derived; if given it must agree.
     infinite:  warmup, cooldown over cooldown_steps to constant_lr (inv-sqrt with `timescale`, or
                cosine), constant phase, then exponential anneal to min_lr over the last anneal_steps.
     rewarm:    a new stage: warmup from warmup_init_lr (typically the previous stage's final LR)
