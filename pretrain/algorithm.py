@@ -34,11 +34,15 @@ class Algorithm:
     def on_step_start(self, trainer: "Trainer", step: int, batch_lengths: list[int]) -> None:
         """Before the forward-backward of `step` (0-based), with the lengths of its global batch."""
 
-    def sample_weights(self, trainer: "Trainer", step: int, losses: torch.Tensor) -> torch.Tensor | None:
-        """Weights (summing to 1) of the global batch's samples given their mean token losses, or
-        None for the plain per-token loss. An algorithm that returns weights makes the step hold
-        every micro-batch's graph until all losses of the global batch are known."""
-        return None
+    def weighs_step(self, trainer: "Trainer", step: int) -> bool:
+        """Whether `step` is weighted by sample_weights: such a step costs an extra forward-only
+        pass over the global batch (every sample's loss before any backward)."""
+        return False
+
+    def sample_weights(self, trainer: "Trainer", step: int, losses: torch.Tensor) -> torch.Tensor:
+        """Weights (summing to 1) of the global batch's samples given their mean token losses;
+        called on every rank with the same losses for the steps weighs_step() accepts."""
+        raise NotImplementedError
 
     def on_step_end(self, trainer: "Trainer", step: int, metrics: dict) -> None:
         """After the optimizer step; may add entries to `metrics` (logged to metrics.jsonl)."""

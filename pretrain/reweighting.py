@@ -3,8 +3,14 @@
 Per step, over the whole global batch (all data-parallel ranks' samples, not one micro-batch):
 h_i = delta * (2 l_i - l_max - l_min) / max(l_max - l_min, 1e-6)  in [-delta, delta];
 f = linupper: min(h + delta, delta) | quadratic: 1 - h^2 / delta^2 | extremes: |h| | uniform: 0;
-w = softmax((f - max f) / r). The step then minimises sum_i w_i l_i (pretrain.trainer holds the
-micro-batch graphs until every loss of the global batch is known, so the weights are exact).
+w = softmax((f - max f) / r).
+
+The step minimises, by default, the authors' length-aware objective sum_i w_i (n_i / mean n) l_i
+(n_i = the sample's tokens): under uniform weights that is exactly the per-token mean of plain
+training. `reweight.objective=samples` minimises sum_i w_i l_i instead (the paper's formula as
+written: every sample counts alike whatever its length). The trainer runs two passes through
+megatron's schedule: a forward-only pass for every sample's loss, then the ordinary
+forward-backward with each token's loss scaled by its sample's coefficient (token_coefficients).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from pretrain.algorithm import Algorithm
 from pretrain.errors import ConfigError, HetronError
 
 STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
+OBJECTIVES = ("tokens", "samples")
 
 
 @dataclass
@@ -27,6 +34,7 @@ class ReweightConfig:
     burn_in_steps: int = 0  # plain uniform weights for the first steps
     r_warmup: int = 0  # after burn-in, this many steps at r_warmup_value before r
     r_warmup_value: float = 100.0
+    objective: str = "tokens"  # tokens: sum_i w_i (n_i / mean n) l_i | samples: sum_i w_i l_i
 
     def validate(self, prefix: str = "reweight") -> None:
         if self.strategy not in STRATEGIES:
@@ -37,6 +45,8 @@ class ReweightConfig:
             raise ConfigError(f"{prefix}.delta={self.delta} must be positive")
         if self.burn_in_steps < 0 or self.r_warmup < 0:
             raise ConfigError(f"{prefix}.burn_in_steps and {prefix}.r_warmup must be >= 0")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"{prefix}.objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if not self.r_warmup_value > 0:
             raise ConfigError(f"{prefix}.r_warmup_value={self.r_warmup_value} must be positive")
 
@@ -73,6 +83,22 @@ def sample_weights(losses: torch.Tensor, strategy: str, r: float, delta: float =
     return torch.softmax((f - f.max()) / r, dim=0)
 
 
+def token_coefficients(weights: torch.Tensor, counts: torch.Tensor, objective: str = "tokens") -> torch.Tensor:
+    """c_i (float64) such that sum_i c_i S_i / T is the step's objective, where S_i is the sum of
+    sample i's token losses and T = sum_i n_i the global token count that megatron's per-token loss
+    divides by. Partial sums S_i of sequence-parallel shards add up, so every rank scales its own
+    tokens by c_i and needs no count of its own.
+    tokens:  sum_i w_i (n_i / mean n) l_i = sum_i (N w_i) S_i / T
+    samples: sum_i w_i l_i               = sum_i (T w_i / n_i) S_i / T"""
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    if objective == "tokens":
+        return len(w) * w
+    if objective == "samples":
+        return n.sum() * w / n
+    raise ValueError(f"unknown reweighting objective {objective!r}")
+
+
 def weight_statistics(weights: torch.Tensor, losses: torch.Tensor) -> dict:
     w = weights.double()
     entropy = float(-(w * torch.log(torch.clamp(w, min=1e-30))).sum())
@@ -101,6 +127,11 @@ class LossReweighting(Algorithm):
         if step < self.cfg.burn_in_steps + self.cfg.r_warmup:
             return self.cfg.r_warmup_value
         return self.cfg.r
+
+    def weighs_step(self, trainer, step: int) -> bool:
+        # Burn-in steps are plain steps: uniform weights give exactly the per-token mean (objective
+        # tokens), so no forward-only pass is spent on them.
+        return math.isfinite(self.r_at(step)) or self.cfg.objective != "tokens"
 
     def sample_weights(self, trainer, step: int, losses: torch.Tensor) -> torch.Tensor:
         self.steps_weighted += 1

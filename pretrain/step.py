@@ -4,7 +4,9 @@ The loss of a global batch is the sum of token losses divided by the global toke
 micro-batch returns (sum of its token losses, its token count) and megatron's finalize_model_grads
 all-reduces the counts over data-parallel ranks and scales the gradients by 1 / total
 (`calculate_per_token_loss`). Per-sample losses (mean token loss of each document) are collected on
-the side for the algorithms that need them (reweighting) and for metrics.
+the side for the algorithms that need them (reweighting) and for metrics. A reweighted step passes
+`sample_coefficients` (one per sample of the global batch): each token's loss is then scaled by its
+sample's coefficient, the count left as it is (pretrain.reweighting.token_coefficients).
 """
 from __future__ import annotations
 
@@ -53,7 +55,15 @@ def packed_params(mb: MicroBatch, device: torch.device, sp_groups=None) -> Packe
                            max_seqlen_kv=max_len)
 
 
-def loss_func(mb: MicroBatch, record: SampleLosses, output_tensor: torch.Tensor):
+def token_scale(mb: MicroBatch, sample_coefficients: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every token's coefficient: its sample's, 0 on padding (the segment after the samples)."""
+    per_doc = torch.zeros(len(mb.cu_seqlens) - 1, dtype=torch.float32)
+    per_doc[:len(mb.sample_ids)] = sample_coefficients[mb.sample_ids].float()
+    return per_doc[mb.local_document_index()].to(device)
+
+
+def loss_func(mb: MicroBatch, record: SampleLosses, sample_coefficients: torch.Tensor | None,
+              output_tensor: torch.Tensor):
     losses = output_tensor.float().reshape(-1)
     mask = mb.loss_mask.reshape(-1).to(losses.device)
     masked = losses * mask
@@ -61,7 +71,10 @@ def loss_func(mb: MicroBatch, record: SampleLosses, output_tensor: torch.Tensor)
     doc_sums = per_document_sums(detached, mb)
     doc_counts = per_document_sums(mask, mb)
     record.add(mb.sample_ids, doc_sums.cpu(), doc_counts.cpu())
-    loss_sum = masked.sum()
+    if sample_coefficients is None:
+        loss_sum = masked.sum()
+    else:
+        loss_sum = (masked * token_scale(mb, sample_coefficients, masked.device)).sum()
     num_tokens = mask.sum().to(torch.int)
     record.token_loss_sum += float(detached.sum())
     record.token_count += int(num_tokens)
@@ -69,13 +82,14 @@ def loss_func(mb: MicroBatch, record: SampleLosses, output_tensor: torch.Tensor)
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def make_forward_step(record: SampleLosses, device: torch.device, sp_groups=None):
+def make_forward_step(record: SampleLosses, device: torch.device, sp_groups=None,
+                      sample_coefficients: torch.Tensor | None = None):
     def forward_step(data_iterator: Iterator[MicroBatch], model):
         mb = next(data_iterator)
         output = model(
             mb.tokens.to(device), mb.positions.to(device), None, labels=mb.labels.to(device),
             packed_seq_params=packed_params(mb, device, sp_groups),
         )
-        return output, partial(loss_func, mb, record)
+        return output, partial(loss_func, mb, record, sample_coefficients)
 
     return forward_step

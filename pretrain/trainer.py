@@ -31,7 +31,7 @@ from pretrain.errors import HetronError
 from pretrain.metrics import MetricsWriter
 from pretrain.model import Architecture, build_gpt_model, count_parameters
 from pretrain.stages import StagePlan
-from pretrain.step import SampleLosses, make_forward_step, packed_params, per_document_sums
+from pretrain.step import SampleLosses, make_forward_step
 
 
 @dataclass
@@ -202,14 +202,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def run_micro_batches(self, micro_batches, *, forward_only: bool, record: SampleLosses) -> tuple[float, int]:
+    def run_micro_batches(self, micro_batches, *, forward_only: bool, record: SampleLosses,
+                          sample_coefficients: torch.Tensor | None = None) -> tuple[float, int]:
         """forward(-backward) of this rank's micro-batches through megatron's schedule; returns the
         global (mean token loss, tokens)."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         seq_length = max(mb.tokens.shape[1] for mb in micro_batches)
         get_forward_backward_func()(
-            forward_step_func=make_forward_step(record, self.info.device, self.sp_groups),
+            forward_step_func=make_forward_step(record, self.info.device, self.sp_groups, sample_coefficients),
             data_iterator=iter(micro_batches),
             model=self.model_chunks, num_microbatches=len(micro_batches), seq_length=seq_length,
             micro_batch_size=1, forward_only=forward_only,
@@ -226,47 +227,41 @@ class Trainer:
         loss_sum, count = totals.tolist()
         return loss_sum / max(count, 1.0), int(round(count / self.cfg.parallel.tensor))
 
-    def run_weighted_micro_batches(self, micro_batches, num_samples: int, record: SampleLosses,
-                                   weigh) -> tuple[float, int, torch.Tensor, torch.Tensor]:
-        """Forward every micro-batch holding its graph, gather the mean loss of every sample of the
-        global batch over the data-parallel domain, let `weigh` turn them into weights, then one
-        backward of sum_i w_i * l_i (scaled so megatron's division by the global token count gives
-        exactly that objective). Returns (mean token loss, tokens, per-sample losses, weights)."""
-        from megatron.core import parallel_state as ps
-        from megatron.core.distributed import finalize_model_grads
-
-        model = self.model_chunks[0]
-        held = []
-        for mb in micro_batches:
-            output = model(mb.tokens.to(self.info.device), mb.positions.to(self.info.device), None,
-                           labels=mb.labels.to(self.info.device),
-                           packed_seq_params=packed_params(mb, self.info.device, self.sp_groups))
-            mask = mb.loss_mask.reshape(-1).to(output.device)
-            token_losses = output.float().reshape(-1) * mask
-            sums = per_document_sums(token_losses, mb)
-            counts = per_document_sums(mask, mb)
-            record.add(mb.sample_ids, sums.detach().cpu(), counts.cpu())
-            record.token_loss_sum += float(token_losses.detach().sum())
-            record.token_count += int(mask.sum())
-            held.append((torch.tensor(mb.sample_ids, dtype=torch.long), sums, counts))
-        # This rank's (partial, under sequence parallelism) sums by global sample index, summed over ranks.
+    def global_sample_sums(self, record: SampleLosses, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of token losses, token count) of every sample of the global batch, float64, the same
+        on every rank: this rank's partial sums (a shard, under sequence parallelism) reduced over
+        all ranks. Only the last pipeline stage holds losses; tensor-parallel ranks hold copies."""
         local = torch.zeros(num_samples, 2, dtype=torch.float64)
-        for sid, total in record.sums.items():
-            local[sid, 0] = total
-            local[sid, 1] = record.counts[sid]
+        if self.info.is_last_stage:
+            for sid, total in record.sums.items():
+                local[sid, 0] = total
+                local[sid, 1] = record.counts[sid]
         gathered = local.to(self.info.device)
-        dist.all_reduce(gathered, group=ps.get_data_parallel_group())
-        gathered = gathered.cpu()
+        dist.all_reduce(gathered)
+        gathered = gathered.cpu() / self.cfg.parallel.tensor
         if bool((gathered[:, 1] == 0).any()):
             missing = int((gathered[:, 1] == 0).nonzero()[0])
             raise HetronError(f"sample {missing} of the global batch has no tokens on any rank")
-        losses = (gathered[:, 0] / gathered[:, 1]).float()
+        return gathered[:, 0], gathered[:, 1]
+
+    def run_weighted_micro_batches(self, micro_batches, num_samples: int, record: SampleLosses,
+                                   weigh) -> tuple[float, int, torch.Tensor, torch.Tensor]:
+        """Two passes through megatron's schedule: forward-only for the mean loss of every sample
+        of the global batch, `weigh` turns them into weights, then the ordinary forward-backward
+        (gradient accumulation, one micro-batch's activations at a time) with every token's loss
+        scaled by its sample's coefficient for reweight.objective. Returns (mean token loss,
+        tokens, per-sample losses, weights)."""
+        from pretrain.reweighting import token_coefficients
+
+        probe = SampleLosses()
+        with torch.no_grad():
+            self.run_micro_batches(micro_batches, forward_only=True, record=probe)
+        sums, counts = self.global_sample_sums(probe, num_samples)
+        losses = (sums / counts).float()
         weights = weigh(losses)
-        total_tokens = float(gathered[:, 1].sum())
-        objective = sum((weights[ids].to(s.device) * total_tokens * s / c).sum() for ids, s, c in held)
-        objective.backward()
-        finalize_model_grads(self.model_chunks, torch.tensor(record.token_count, dtype=torch.int, device=self.info.device))
-        loss, tokens = self._global_loss(record)
+        coefficients = token_coefficients(weights, counts, self.cfg.reweight.objective)
+        loss, tokens = self.run_micro_batches(micro_batches, forward_only=False, record=record,
+                                              sample_coefficients=coefficients)
         return loss, tokens, losses, weights
 
     def micro_batches(self, samples, plan=None):
@@ -324,15 +319,12 @@ class Trainer:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         record = SampleLosses()
-        weighers = [a for a in self.algorithms if type(a).sample_weights is not Algorithm.sample_weights]
+        weigher = next((a for a in self.algorithms if a.weighs_step(self, self.step)), None)
         self.last_sample_losses = self.last_weights = None
-        if weighers:
-            def weigh(losses):
-                w = weighers[0].sample_weights(self, self.step, losses)
-                return w if w is not None else torch.full_like(losses, 1.0 / len(losses))
-
+        if weigher is not None:
             loss, tokens, self.last_sample_losses, self.last_weights = self.run_weighted_micro_batches(
-                self.micro_batches(samples, plan), len(samples), record, weigh)
+                self.micro_batches(samples, plan), len(samples), record,
+                lambda losses: weigher.sample_weights(self, self.step, losses))
         else:
             loss, tokens = self.run_micro_batches(self.micro_batches(samples, plan), forward_only=False, record=record)
         ok, grad_norm, _ = self.optimizer.step()

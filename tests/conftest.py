@@ -66,6 +66,17 @@ def small_shards(small_corpus, hetron_cache) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def long_shards(small_corpus, hetron_cache) -> Path:
+    """Shards with documents up to 1024 tokens: longer than one rank's sequence-parallel shard, so
+    documents straddle shard boundaries."""
+    out = hetron_cache / "long-shards"
+    proc = run_hetron(["prepare", "--corpus", str(small_corpus), "--out", str(out), "--vocab-size", "512",
+                       "--max-context", "1024", "--eval-fraction", "0.1"])
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
 @pytest.fixture(scope="module")
 def require_slurm() -> None:
     """Slurm tests skip with the reason when no Slurm is reachable; with CI set they must run."""

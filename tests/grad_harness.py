@@ -3,7 +3,9 @@
 Launched by tests as N real processes (gloo) through launch.local.spawn_ranks:
     python -m tests.grad_harness OUT.pt key=value ...
 HARNESS_PLAN=2,1,1 runs the batch with a fixed sequence-parallel plan whose every micro-batch has
-groups of those sizes (sp.mode must not be off); HARNESS_SKEW_RANK=R makes rank R plan another batch.
+groups of those sizes (sp.mode must not be off); HARNESS_PLAN=4;2,1,1 alternates the patterns by
+micro-batch; HARNESS_SKEW_RANK=R makes rank R plan another batch;
+HARNESS_WEIGHTS=OTHER.pt weighs the samples with another run's weights.
 Rank 0 writes {"loss", "grads": {name: full fp32 gradient}, "sample_losses", "weights"} to OUT.pt.
 The distributed optimizer is off so every rank's DDP buffer holds the full all-reduced gradient.
 """
@@ -17,14 +19,16 @@ from pathlib import Path
 import torch
 
 
-def pattern_plan(lengths: list[int], pattern: list[int], capacity: int):
-    """Micro-batches with groups of the pattern's sizes; longest sequences first, each to the group
-    with the least load per rank that can still hold it."""
+def pattern_plan(lengths: list[int], patterns: list[list[int]], capacity: int):
+    """Micro-batches with groups of the patterns' sizes (micro-batch k uses pattern k mod their
+    number); longest sequences first, each to the group with the least load per rank that can
+    still hold it."""
     from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
 
     remaining = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    micro_batches = []
+    micro_batches, stalled = [], 0
     while remaining:
+        pattern = patterns[len(micro_batches) % len(patterns)]
         loads, members, rest = [0] * len(pattern), [[] for _ in pattern], []
         for i in remaining:
             fits = [g for g, d in enumerate(pattern) if loads[g] + lengths[i] <= d * capacity]
@@ -35,11 +39,17 @@ def pattern_plan(lengths: list[int], pattern: list[int], capacity: int):
             loads[g] += lengths[i]
             members[g].append(i)
         if len(rest) == len(remaining):
-            raise SystemExit(f"pattern {pattern} cannot hold sequence {rest[0]} of length {lengths[rest[0]]}")
+            stalled += 1
+            if stalled == len(patterns):
+                raise SystemExit(f"patterns {patterns} cannot hold sequence {rest[0]} of length {lengths[rest[0]]}")
+            micro_batches.append(None)  # this pattern holds none of the rest: try the next one
+            continue
+        stalled = 0
         starts = [sum(pattern[:g]) for g in range(len(pattern))]
         micro_batches.append(MicroBatchPlan(tuple(SPGroup(st, d, tuple(m)) for st, d, m in zip(starts, pattern, members))))
         remaining = rest
-    return SequenceParallelPlan(sum(pattern), tuple(micro_batches), 0.0, 0.0, "pattern " + ",".join(map(str, pattern)))
+    return SequenceParallelPlan(sum(patterns[0]), tuple(mb for mb in micro_batches if mb is not None), 0.0, 0.0,
+                                "patterns " + ";".join(",".join(map(str, p)) for p in patterns))
 
 
 def main(argv: list[str]) -> int:
@@ -47,14 +57,14 @@ def main(argv: list[str]) -> int:
     from pretrain.algorithms import build_algorithms
     from pretrain.config import load_config
     from pretrain.distributed import init_distributed, shutdown
-    from pretrain.train_cli import _load_prepared
+    from pretrain.bootstrap import load_prepared
     from pretrain.trainer import Trainer
 
     out = Path(argv[0])
     cfg = load_config(None, ["parallel.distributed_optimizer=false", "resume=never", *argv[1:]])
     info = init_distributed(cfg.parallel.tensor, cfg.parallel.pipeline, "gloo", threads=1)
     try:
-        arch, shards, manifest = _load_prepared(cfg)
+        arch, shards, manifest = load_prepared(cfg)
         trainer = Trainer(cfg, info, arch, shards, manifest, build_algorithms(cfg))
         trainer.build()
         trainer._set_lr(0.0)
@@ -68,24 +78,31 @@ def main(argv: list[str]) -> int:
             lengths = [len(x) - 1 for x in samples]
             if int(os.environ.get("HARNESS_SKEW_RANK", "-1")) == info.rank:
                 lengths = lengths[:-1]
-            pattern = [int(x) for x in os.environ["HARNESS_PLAN"].split(",")]
-            plan = pattern_plan(lengths, pattern, trainer.sp_cost_model.capacity_tokens)
+            patterns = [[int(x) for x in p.split(",")] for p in os.environ["HARNESS_PLAN"].split(";")]
+            plan = pattern_plan(lengths, patterns, trainer.sp_cost_model.capacity_tokens)
             check_ranks_agree(lengths, plan.to_json())
         trainer.micro_batches = functools.partial(trainer.micro_batches, plan=plan)
 
         record = SampleLosses()
         weighers = [a for a in trainer.algorithms if a.name == "reweight"]
         if weighers:
+            def weigh(ls):
+                # HARNESS_WEIGHTS=OUT.pt of another run: weigh with exactly its weights (a weight is
+                # a sharp function of the losses, which differ in the last float32 bits across layouts)
+                if os.environ.get("HARNESS_WEIGHTS"):
+                    return torch.load(os.environ["HARNESS_WEIGHTS"])["weights"]
+                return weighers[0].sample_weights(trainer, 10**9, ls)
+
             loss, _, losses, weights = trainer.run_weighted_micro_batches(
-                trainer.micro_batches(samples), len(samples), record,
-                lambda ls: weighers[0].sample_weights(trainer, 10**9, ls))
+                trainer.micro_batches(samples), len(samples), record, weigh)
         else:
             loss, _ = trainer.run_micro_batches(trainer.micro_batches(samples), forward_only=False, record=record)
             losses = weights = None
         module = trainer.model_chunks[0].module
         grads = {name: p.main_grad.detach().float().clone() for name, p in module.named_parameters()}
         if info.is_main:
-            torch.save({"loss": loss, "grads": grads, "sample_losses": losses, "weights": weights}, out)
+            torch.save({"loss": loss, "grads": grads, "sample_losses": losses, "weights": weights,
+                        "lengths": [len(x) - 1 for x in samples]}, out)
     finally:
         shutdown()
     return 0

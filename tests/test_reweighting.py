@@ -1,6 +1,7 @@
 """Loss-based sample reweighting: weights against a NumPy reference, and exact gradients under DP."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from pretrain.errors import HetronError
-from pretrain.reweighting import LossReweighting, ReweightConfig, sample_weights, weight_statistics
+from pretrain.reweighting import LossReweighting, ReweightConfig, sample_weights, token_coefficients, weight_statistics
 
 
 def numpy_reference(losses, strategy, r, delta=1.0):
@@ -80,3 +81,64 @@ def test_two_rank_dp_gradients_equal_one_rank(tmp_path, small_shards):
     assert not torch.allclose(one["weights"], torch.full_like(one["weights"], 1 / len(one["weights"])))
     for name, g in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def authors_objective(weights, token_losses, objective):
+    """NumPy reference: the method's authors' length-aware objective sum_i w_i (n_i / mean n) l_i,
+    or sum_i w_i l_i."""
+    n = np.array([len(t) for t in token_losses], dtype=np.float64)
+    means = np.array([t.mean() for t in token_losses])
+    return float((weights * n / n.mean() * means).sum() if objective == "tokens" else (weights * means).sum())
+
+
+@pytest.mark.parametrize("objective", ["tokens", "samples"])
+def test_token_coefficients_over_sharded_partial_sums_give_the_objective(objective):
+    rng = np.random.default_rng(7)
+    token_losses = [rng.gamma(2.0, 1.5, size=k) for k in rng.integers(3, 900, size=11)]
+    weights = numpy_reference([t.mean() for t in token_losses], "linupper", 0.4)
+    counts = torch.tensor([len(t) for t in token_losses])
+    c = token_coefficients(torch.tensor(weights), counts, objective).numpy()
+    # every sample's tokens cut at random offsets onto 3 ranks: each rank scales its partial sum
+    total = 0.0
+    for i, t in enumerate(token_losses):
+        cuts = np.sort(rng.integers(0, len(t) + 1, size=2))
+        total += sum(c[i] * part.sum() for part in np.split(t, cuts))
+    got = total / float(counts.sum())  # megatron's division by the global token count
+    assert got == pytest.approx(authors_objective(weights, token_losses, objective), rel=1e-12)
+
+
+def test_uniform_weights_with_the_token_objective_are_the_plain_per_token_mean():
+    counts = torch.tensor([5, 300, 41])
+    torch.testing.assert_close(token_coefficients(torch.full((3,), 1 / 3), counts, "tokens"),
+                               torch.ones(3, dtype=torch.float64))
+    algo = LossReweighting(ReweightConfig(strategy="linupper", burn_in_steps=2))
+    assert [algo.weighs_step(None, s) for s in range(3)] == [False, False, True]
+    samples = LossReweighting(ReweightConfig(strategy="linupper", burn_in_steps=2, objective="samples"))
+    assert samples.weighs_step(None, 0)  # uniform per-sample means differ from the per-token mean
+
+
+def test_bad_objective_is_a_config_error():
+    from pretrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reweight.objective='mean'"):
+        ReweightConfig(strategy="linupper", objective="mean").validate()
+
+
+@pytest.mark.slow
+def test_burn_in_steps_are_exactly_the_plain_step(tmp_path, small_shards):
+    from conftest import TINY, run_hetron
+
+    common = [*TINY, f"data.shards={small_shards}", "train.steps=4", "checkpoint.every=100", "run.log_every=1"]
+    plain = run_hetron(["train", f"run.dir={tmp_path / 'plain'}", *common])
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    rw = run_hetron(["train", f"run.dir={tmp_path / 'rw'}", *common, "reweight.strategy=linupper",
+                     "reweight.burn_in_steps=3", "reweight.r=0.3"])
+    assert rw.returncode == 0, rw.stderr[-2000:]
+    read = lambda run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    plain_rows, rw_rows = read("plain"), read("rw")
+    for a, b in zip(plain_rows[:3], rw_rows[:3]):
+        assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"])  # bitwise: the same step
+        assert "weight_ess" not in b
+    # step 4 is weighted: same parameters going in (same loss), another update
+    assert rw_rows[3]["loss"] == plain_rows[3]["loss"] and rw_rows[3]["grad_norm"] != plain_rows[3]["grad_norm"]
+    assert rw_rows[3]["weight_max"] > 1.5 * rw_rows[3]["weight_min"]

@@ -60,6 +60,25 @@ def test_reweighting_under_a_mixed_plan_matches_one_rank(tmp_path, small_shards)
         assert (sp["grads"][name] - ref).norm() <= 1e-5 * ref.norm() + 1e-9, name
 
 
+@pytest.mark.parametrize("objective", ["tokens", "samples"])
+def test_reweighting_with_documents_straddling_shards_matches_one_rank(tmp_path, long_shards, objective):
+    # 300 tokens per rank and documents up to 1024: most documents are split across 2-4 ranks at
+    # arbitrary offsets, so every rank holds partial sums of the documents it shares.
+    rw = ["model.seq_length=1024", "data.global_batch_tokens=6000", "reweight.strategy=linupper", "reweight.r=0.3",
+          f"reweight.objective={objective}"]
+    code, one = harness(tmp_path, "one", 1, long_shards, *rw)
+    assert code == 0, sorted((tmp_path / "logs-one").glob("*"))
+    # The same weights as the one-rank run (a weight is a sharp function of the losses, which differ
+    # in their last float32 bits across layouts): gradients must then agree to float32 rounding.
+    code, sp = harness(tmp_path, "sp", 4, long_shards, *rw, "sp.mode=adaptive", "sp.tokens_per_rank=300",
+                       env={"HARNESS_PLAN": "4;2,1,1", "HARNESS_WEIGHTS": str(tmp_path / "one.pt")})
+    assert code == 0, sorted((tmp_path / "logs-sp").glob("*"))
+    assert sum(length > 300 for length in one["lengths"]) >= 3
+    torch.testing.assert_close(sp["sample_losses"], one["sample_losses"], rtol=1e-5, atol=1e-6)
+    for name, ref in one["grads"].items():
+        assert (sp["grads"][name] - ref).norm() <= 1e-5 * ref.norm() + 1e-9, name
+
+
 def test_plan_that_disagrees_across_ranks_is_an_error_not_a_hang(tmp_path, small_shards):
     code, _ = harness(tmp_path, "skew", 2, small_shards, "sp.mode=adaptive",
                       env={"HARNESS_PLAN": "2", "HARNESS_SKEW_RANK": "1"})
