@@ -24,8 +24,9 @@ test: venv
 	scripts/slurm-local.sh start-for-tests
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# Every benchmark in its reduced mode (minutes), each printing its ratios; BENCH_ARGS="--only trainer".
 bench: venv
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -73,7 +73,10 @@ def main() -> int:
     p.add_argument("--gpus", type=int, default=64)
     p.add_argument("--batches", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="reduced mode: 1 batch, best of 1")
     args = p.parse_args()
+    if args.quick:
+        args.batches, args.repeats = 1, 1
     if native.BACKEND != "cpp":
         print("parallel._native is not built: nothing to compare", file=sys.stderr)
         return 1
@@ -92,6 +95,8 @@ def main() -> int:
         c = statistics.median(r[1] for r in rows if r[0] == name)
         py = statistics.median(r[2] for r in rows if r[0] == name)
         print(f"{name:<34} {c:>16.3f} {py:>19.1f} {py / c:>7.0f}x")
+        if name.startswith("plan_step"):
+            print(f"RATIO {name}, Python twin / C++ CPU ms: {py / c:.0f}x")
     return 0
 
 

@@ -37,15 +37,18 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", required=True)
     ap.add_argument("--with", dest="variant", default="lisa.layers=2", help="comma-separated overrides to compare")
+    ap.add_argument("--quick", action="store_true", help="reduced mode: the tiny preset instead of 125m")
     ap.add_argument("overrides", nargs="*", help="applied to both runs")
     args = ap.parse_args(argv)
+    base_args = [("model.preset=tiny" if a == "model.preset=125m" else a) for a in BASE] if args.quick else BASE
     with tempfile.TemporaryDirectory() as tmp:
-        common = BASE + [f"data.shards={args.shards}", f"run.dir={os.path.join(tmp, 'run')}", *args.overrides]
+        common = base_args + [f"data.shards={args.shards}", f"run.dir={os.path.join(tmp, 'run')}", *args.overrides]
         base = peak_rss_mb(common)
         variant = peak_rss_mb(common + args.variant.split(","))
     print(f"peak RSS, baseline:          {base:8.0f} MB")
     print(f"peak RSS, with {args.variant}: {variant:8.0f} MB")
     print(f"ratio: {variant / base:.3f}")
+    print(f"RATIO peak RSS with {args.variant} / baseline: {variant / base:.3f}")
     return 0
 
 
