@@ -34,12 +34,12 @@ def _setup():
 
 def build(overrides):
     from pretrain.algorithms import build_algorithms
+    from pretrain.bootstrap import load_prepared
     from pretrain.config import load_config
-    from pretrain.train_cli import _load_prepared
     from pretrain.trainer import Trainer
 
     cfg = load_config(None, overrides)
-    arch, shards, manifest = _load_prepared(cfg)
+    arch, shards, manifest = load_prepared(cfg)
     trainer = Trainer(cfg, INFO, arch, shards, manifest, build_algorithms(cfg))
     trainer.build()
     return trainer

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -34,25 +33,18 @@ def long_tail_batches(path: Path, count: int, batch: int, scale: int, max_len: i
     return [lengths[i * batch:(i + 1) * batch].tolist() for i in range(count)]
 
 
-def run_rank(args, overrides) -> int:
+def run_rank(args, cfg) -> int:
     import torch.distributed as dist
 
     from parallel.plan_execution import align_groups, rank_micro_batches
     from parallel.simulate import static_plan
-    from pretrain.config import load_config
-    from pretrain.distributed import init_distributed, shutdown
+    from pretrain.bootstrap import start_rank
+    from pretrain.distributed import shutdown
     from pretrain.step import SampleLosses
-    from pretrain.train_cli import _load_prepared, prepare_run
     from pretrain.trainer import Trainer
 
-    cfg = load_config(None, ["sp.mode=adaptive", f"sp.cost_model={args.cost_model}", "resume=never",
-                             "run.tensorboard=false", *overrides])
-    info = init_distributed(1, 1, "gloo", cfg.launch.threads_per_rank)
+    info, (arch, shards, manifest) = start_rank(cfg, pipeline=1)
     try:
-        if info.is_main:
-            prepare_run(cfg)
-        dist.barrier()
-        arch, shards, manifest = _load_prepared(cfg)
         trainer = Trainer(cfg, info, arch, shards, manifest)
         trainer.build()
         cm = trainer.sp_cost_model
@@ -111,12 +103,13 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default="")
     args, overrides = ap.parse_known_args()
-    if "RANK" in os.environ:
-        return run_rank(args, overrides)
-    from launch.local import spawn_ranks
+    from pretrain.bootstrap import run_command
+    from pretrain.config import load_config
 
-    argv = [a for a in sys.argv[1:]]
-    return spawn_ranks("benchmarks.bench_sequence_parallel", argv, args.nproc, Path("/tmp/hetron-bench-sp-logs"))
+    cfg = load_config(None, ["sp.mode=adaptive", f"sp.cost_model={args.cost_model}", "resume=never",
+                             "run.tensorboard=false", "launch.backend=gloo", "parallel.tensor=1",
+                             f"launch.nproc={args.nproc}", *overrides])
+    return run_command(cfg, "benchmarks.bench_sequence_parallel", sys.argv[1:], lambda: run_rank(args, cfg))
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ def single_rank_trainer(overrides: list[str], algorithms=None):
     from pretrain.cli import quiet_library_warnings
 
     quiet_library_warnings()
+    from pretrain.bootstrap import prepare_run, start_rank
     from pretrain.config import load_config
-    from pretrain.distributed import init_distributed
-    from pretrain.train_cli import prepare_run
     from pretrain.trainer import Trainer
 
-    cfg = load_config(None, ["resume=never", "launch.nproc=1", "run.tensorboard=false", *overrides])
-    arch, shards, manifest = prepare_run(cfg)
-    info = init_distributed(1, 1, "gloo", threads=os.cpu_count() or 1)
+    cfg = load_config(None, ["resume=never", "launch.nproc=1", "launch.backend=gloo", "run.tensorboard=false",
+                             *overrides])
+    prepare_run(cfg)
+    info, (arch, shards, manifest) = start_rank(cfg, threads=os.cpu_count() or 1)
     trainer = Trainer(cfg, info, arch, shards, manifest, algorithms or [])
     trainer.build()
     return trainer, cfg

@@ -29,6 +29,10 @@ def install(signum: int = signal.SIGUSR2) -> None:
     _state["installed"] = True
 
 
+def installed() -> bool:
+    return _state["installed"]
+
+
 def stop_agreed(device: torch.device | str) -> bool:
     """True on every rank once any rank has been signalled (a collective: call it on all ranks)."""
     if not _state["installed"]:

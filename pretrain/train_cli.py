@@ -2,19 +2,18 @@
 
 Outside a distributed launch, this process validates the config, prepares the shards, writes the
 run folder and spawns `launch.nproc` local ranks. Inside one (RANK/WORLD_SIZE set by srun, submitit
-or torchrun), it runs as that one rank.
+or torchrun), it runs as that one rank and prepares nothing: missing shards are an error naming the
+`hetron prepare` command (or run `hetron train --prepare-only` with the same arguments first).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from pretrain import preemption
 from pretrain.arg_parser import OneLineErrorParser
-from pretrain.config import Config, dump_config, load_config
-from pretrain.errors import ConfigError, HetronError
+from pretrain.config import Config, load_config
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -23,6 +22,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("items", nargs="*", help="an optional config (YAML path or name under configs/), then key=value overrides")
     p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint (error if none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs lines instead)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="prepare the shards and the run folder, then exit (before starting ranks under Slurm)")
     args = p.parse_intermixed_args(argv)
     config_file = None
     overrides = list(args.items)
@@ -32,83 +33,31 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         overrides.append("resume=latest")
     if args.no_progress:
         overrides.append("run.progress=false")
-    return argparse.Namespace(config_file=config_file, overrides=overrides), overrides
-
-
-def check_data_against_model(cfg: Config, shards: Path, manifest, arch) -> None:
-    if manifest.max_context > arch.seq_length:
-        raise ConfigError(
-            f"shards in {shards} hold documents up to {manifest.max_context} tokens but model.seq_length="
-            f"{arch.seq_length}; raise model.seq_length or prepare shards with --max-context {arch.seq_length}"
-        )
-    if cfg.data.global_batch_tokens < arch.seq_length:
-        raise ConfigError(f"data.global_batch_tokens={cfg.data.global_batch_tokens} is smaller than one sequence "
-                          f"(model.seq_length={arch.seq_length})")
-    if cfg.data.tokenizer:
-        from data.tokenizer import load_tokenizer, tokenizer_fingerprint
-
-        fp = tokenizer_fingerprint(load_tokenizer(cfg.data.tokenizer))
-        if fp != manifest.tokenizer_fingerprint:
-            raise HetronError(f"data.tokenizer={cfg.data.tokenizer} does not match the tokenizer the shards in "
-                              f"{shards} were made with; re-run `hetron prepare` with it")
-
-
-def prepare_run(cfg: Config):
-    """Everything that must happen once before ranks start: shards, checks, run folder."""
-    from data.shard_cache import ensure_shards
-    from pretrain.model import resolve_model
-
-    arch = resolve_model(cfg.model, cfg.parallel)
-    shards, manifest = ensure_shards(cfg.data, arch.seq_length, progress=cfg.run.progress)
-    check_data_against_model(cfg, shards, manifest, arch)
-    if cfg.stages:
-        from data.stage_data import stage_sources
-
-        stage_sources(cfg, shards, manifest, arch.seq_length, prepare=True)
-    if cfg.resume == "latest":
-        from pretrain.checkpoint import newest_checkpoint
-
-        if newest_checkpoint(cfg.checkpoint_dir) is None:
-            raise HetronError(f"resume requested but no complete checkpoint in {cfg.checkpoint_dir}")
-    run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    return arch, shards, manifest
+    return argparse.Namespace(config_file=config_file, overrides=overrides, prepare_only=args.prepare_only), overrides
 
 
 def main(argv: list[str]) -> int:
-    from launch.local import in_distributed_launch, spawn_ranks
+    from pretrain.bootstrap import prepare_run, run_command
 
     ns, overrides = parse_args(argv)
     cfg = load_config(ns.config_file, overrides)
-    if in_distributed_launch():
-        return run_rank(cfg)
-    prepare_run(cfg)
-    if cfg.launch.nproc == 1:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        return run_rank(cfg)
+    if ns.prepare_only:
+        data = prepare_run(cfg)
+        print(f"prepared: shards in {data.shards.resolve()}, run folder {Path(cfg.run.dir).resolve()}", flush=True)
+        return 0
     rank_argv = ([ns.config_file] if ns.config_file else []) + overrides
-    return spawn_ranks("pretrain.train_cli", rank_argv, cfg.launch.nproc, Path(cfg.run.dir) / "logs",
-                       master_port=cfg.launch.master_port, threads_per_rank=cfg.launch.threads_per_rank)
+    return run_command(cfg, "pretrain.train_cli", rank_argv, lambda: run_rank(cfg))
 
 
 def run_rank(cfg: Config) -> int:
-    import torch.distributed as dist
-
     from pretrain.algorithms import build_algorithms
-    from pretrain.distributed import init_distributed, shutdown
+    from pretrain.bootstrap import start_rank
+    from pretrain.distributed import shutdown
     from pretrain.progress import TrainingProgress
     from pretrain.trainer import Trainer
 
-    threads = cfg.launch.threads_per_rank or int(os.environ.get("HETRON_THREADS", "0"))
-    info = init_distributed(cfg.parallel.tensor, cfg.parallel.pipeline, cfg.launch.backend, threads)
+    info, (arch, shards, manifest) = start_rank(cfg)
     try:
-        # Under srun/torchrun nobody prepared the run before the ranks started: rank 0 does it.
-        if info.is_main:
-            arch, shards, manifest = prepare_run(cfg)
-        dist.barrier()
-        if not info.is_main:
-            arch, shards, manifest = _load_prepared(cfg)
         trainer = Trainer(cfg, info, arch, shards, manifest, build_algorithms(cfg))
         trainer.build()
         resume = trainer.resume_path()
@@ -134,17 +83,6 @@ def run_rank(cfg: Config) -> int:
         return 0
     finally:
         shutdown()
-
-
-def _load_prepared(cfg: Config):
-    from data.prepare import Manifest
-    from data.shard_cache import default_shards_dir
-    from pretrain.model import resolve_model
-
-    arch = resolve_model(cfg.model, cfg.parallel)
-    shards = Path(cfg.data.shards) if cfg.data.shards else default_shards_dir(
-        cfg.data.corpus, cfg.data.vocab_size, arch.seq_length, cfg.data.eval_fraction, cfg.data.tokenizer)
-    return arch, shards, Manifest.load(shards)
 
 
 def _finish(cfg: Config, summary: dict) -> None:
