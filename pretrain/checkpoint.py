@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.errors import HetronError
+from pretrain.optimizer_state import inner_optimizers, keeps_step_per_parameter
 
 STATE_FILE = "hetron_state.json"
 COMPONENTS_FILE = "components.pt"
@@ -123,16 +124,17 @@ def load_model_and_optimizer(path: Path, model_chunks, optimizer, rank: int) -> 
 def _initialise_optimizer_state(optimizer) -> None:
     """The fully reshardable optimizer format loads into existing state tensors: create them.
 
-    megatron-core's init_state_fn leaves out torch Adam's 'step' (it expects Apex/TE optimizers that
-    keep the step elsewhere), and DistributedOptimizer.state_dict() then fails; add it."""
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+    megatron-core's init_state_fn leaves out torch Adam's per-parameter 'step' (it expects Apex/TE
+    optimizers that keep the step per group), and DistributedOptimizer.state_dict() then fails; add
+    it for torch.optim optimizers only (TE's FusedAdam refuses unknown per-parameter keys)."""
+    for opt, inner in inner_optimizers(optimizer):
         init = getattr(opt, "init_state_fn", None)
-        inner = getattr(opt, "optimizer", None)
-        if init is None or inner is None:
+        if init is None:
             continue
         init(inner, getattr(opt, "config", None))
-        for state in inner.state.values():
-            state.setdefault("step", torch.tensor(0.0))
+        if keeps_step_per_parameter(inner):
+            for state in inner.state.values():
+                state.setdefault("step", torch.tensor(0.0))
 
 
 def _load_optimizer_state(optimizer, state) -> None:
@@ -140,7 +142,8 @@ def _load_optimizer_state(optimizer, state) -> None:
     torch Adam (no Apex/TE): load_state_dict puts 'step' into every parameter's state and then
     load_parameter_state_from_fully_reshardable expects a checkpoint tensor for every state key,
     'step' included, which the format never stores. We load the parameter state with 'step' set
-    aside, then put it back (one tensor per parameter); with Apex/TE optimizers megatron's own path runs unchanged."""
+    aside, then put it back (one tensor per parameter); with Apex/TE optimizers megatron's own path
+    runs unchanged."""
     opts = getattr(optimizer, "chained_optimizers", [optimizer])
     if len(opts) == 1:
         states = [state]
@@ -149,7 +152,7 @@ def _load_optimizer_state(optimizer, state) -> None:
     for opt, st in zip(opts, states):
         inner = getattr(opt, "optimizer", None)
         if not (isinstance(st, dict) and st.get("param_state_sharding_type") == "fully_reshardable"
-                and isinstance(inner, torch.optim.Optimizer) and type(inner).__module__.startswith("torch.")):
+                and keeps_step_per_parameter(inner)):
             opt.load_state_dict(st)
             continue
         st = dict(st)

@@ -91,6 +91,7 @@ class CheckpointConfig:
     every: int = 50
     keep: int = 3
     dir: str = ""  # empty: <run.dir>/checkpoints
+    override_schedule: bool = False  # resume with this config's LR schedule even if the checkpoint's differs
 
 
 @dataclass

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.algorithm import Algorithm
+from pretrain.optimizer_state import set_step_count, step_count
 from pretrain.errors import ConfigError, HetronError
 
 POLICIES = ("reset", "offload")
@@ -117,28 +118,15 @@ def _main_slices(optimizer) -> dict:
     return out
 
 
-def optimizer_step_count(optimizer) -> int:
-    """Adam's step count (one for all parameters; 0 before the first step)."""
-    steps = [0]
-    for opt in _sub_optimizers(optimizer):
-        inner = opt.optimizer
-        steps += [int(s["step"]) for s in inner.state.values() if "step" in s]
-        steps += [int(g["step"]) for g in inner.param_groups if "step" in g]
-    return max(steps)
-
-
 def init_optimizer_state(optimizer, step: int) -> None:
-    """Create every parameter's Adam state now (zero moments, the shared step count), as megatron's
-    checkpoint loader also needs; fresh moments equal what torch Adam would create lazily."""
+    """Create every parameter's Adam state now (zero moments) with the run's step count, where the
+    optimizer keeps it (pretrain.optimizer_state), as megatron's checkpoint loader also needs; fresh
+    moments equal what torch Adam would create lazily."""
     for opt in _sub_optimizers(optimizer):
         init = getattr(opt, "init_state_fn", None)
         if init is not None:
             init(opt.optimizer, getattr(opt, "config", None))
-        for state in opt.optimizer.state.values():
-            state["step"] = torch.tensor(float(step))  # one tensor per parameter: torch Adam adds in place
-        for group in opt.optimizer.param_groups:
-            if "step" in group:
-                group["step"] = step
+        set_step_count(opt.optimizer, step)
 
 
 def _grad_buffer_of(ddp, param):
@@ -290,7 +278,7 @@ class LisaLayerSampling(Algorithm):
         active = self.layers_for(module, interval_index)
         named = dict(module.named_parameters())
         keys = state_keys(trainer)
-        step = optimizer_step_count(trainer.optimizer)
+        step = step_count(trainer.optimizer)
         if carry:
             current = [(n, p) for n, p in named.items() if p.requires_grad]
             carried = export_param_states(trainer.model_chunks[0], trainer.optimizer, current, keys)

@@ -30,8 +30,21 @@ from pretrain.distributed import RankInfo, rng_state, seed_everything, set_rng_s
 from pretrain.errors import HetronError
 from pretrain.metrics import MetricsWriter
 from pretrain.model import Architecture, build_gpt_model, count_parameters
+from pretrain.optimizer_state import apply_lr_and_weight_decay
 from pretrain.stages import StagePlan
 from pretrain.step import SampleLosses, make_forward_step
+
+
+def changed_keys(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) of every leaf where two nested dicts/lists differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += changed_keys(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in changed_keys(a, b, f"{prefix}[{i}]")]
+    return [] if old == new else [(prefix, old, new)]
 
 
 @dataclass
@@ -146,7 +159,8 @@ class Trainer:
                  "dp_size": self.info.dp_size, "schedule": self.cfg.schedule.to_dict(),
                  "tokenizer_fingerprint": self.manifest.tokenizer_fingerprint,
                  "architecture": self.arch.__dict__,
-                 "stages": self.stage_plan.describe() if self.stage_plan is not None else None}
+                 "stages": self.stage_plan.describe() if self.stage_plan is not None else None,
+                 "lr_schedule": self.schedule_record()}
         return ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.step, self.model_chunks, self.optimizer, state,
                                     self.components_state(), rng_state(), self.info.rank, self.cfg.checkpoint.keep)
 
@@ -179,10 +193,31 @@ class Trainer:
             return found
         return Path(mode)
 
+    def schedule_record(self) -> dict:
+        """Everything that decides the LR of a step: the run's schedule, or every stage's."""
+        if self.stage_plan is None:
+            return {"schedule": self.cfg.schedule.to_dict()}
+        return {"stages": [{"name": s.name, "steps": s.steps, "schedule": s.schedule.to_dict() if s.schedule else None}
+                           for s in self.stage_plan.spans]}
+
+    def check_schedule_unchanged(self, path: Path, state: dict) -> None:
+        """A resumed run continues the checkpoint's LR schedule (as megatron's scheduler insists):
+        a changed one is refused, naming the keys, unless checkpoint.override_schedule is set."""
+        saved = state.get("lr_schedule")
+        if saved is None or self.cfg.checkpoint.override_schedule:
+            return
+        changed = changed_keys(saved, self.schedule_record())
+        if changed:
+            shown = ", ".join(f"{k}: {a} -> {b}" for k, a, b in changed[:4]) + (", ..." if len(changed) > 4 else "")
+            raise HetronError(f"checkpoint {path} continues another LR schedule than this config ({shown}); "
+                              "restore those values to resume it, or set checkpoint.override_schedule=true to "
+                              f"switch to the new schedule at step {state.get('step')}")
+
     def load(self, path: Path) -> None:
         state, components = ckpt.read_trainer_state(path)
         if state.get("tokenizer_fingerprint") != self.manifest.tokenizer_fingerprint:
             raise HetronError(f"checkpoint {path} was trained with another tokenizer than the shards in {self.shards}")
+        self.check_schedule_unchanged(path, state)
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.loader.load_state_dict(components["loader"])
@@ -199,8 +234,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- step
 
     def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        apply_lr_and_weight_decay(self.optimizer, lr, self.cfg.train.weight_decay)
 
     def run_micro_batches(self, micro_batches, *, forward_only: bool, record: SampleLosses,
                           sample_coefficients: torch.Tensor | None = None) -> tuple[float, int]:

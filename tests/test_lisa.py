@@ -110,7 +110,8 @@ def _harness(out_dir: Path, overrides: list[str]) -> int:
     from pretrain.config import load_config
     from pretrain.distributed import init_distributed, shutdown
     from pretrain.memory_ledger import count_memory
-    from pretrain.train_cli import _load_prepared
+    from pretrain.bootstrap import load_prepared
+    from pretrain.optimizer_state import step_count
     from pretrain.trainer import Trainer
 
     cfg = load_config(None, ["resume=never", *overrides])
@@ -126,7 +127,7 @@ def _harness(out_dir: Path, overrides: list[str]) -> int:
         return sum(seen.values())
 
     try:
-        arch, shards, manifest = _load_prepared(cfg)
+        arch, shards, manifest = load_prepared(cfg)
         trainer = Trainer(cfg, info, arch, shards, manifest, build_algorithms(cfg))
         trainer.build()
         lisa = next(a for a in trainer.algorithms if a.name == "lisa")
@@ -142,7 +143,7 @@ def _harness(out_dir: Path, overrides: list[str]) -> int:
             trainable_numel = sum(p.numel() for p in module.parameters() if p.requires_grad)
             record.append({"step": trainer.step, "loss": result.loss, "active": lisa.global_layers(trainer),
                            "changed": changed, "always_trained_changed": always, "ledger": ledger.as_metrics(),
-                           "trainable_numel": trainable_numel,
+                           "trainable_numel": trainable_numel, "adam_step": step_count(trainer.optimizer),
                            "live_bytes": live_tensor_bytes() if trainer.step % lisa.cfg.interval == 0 else None,
                            "offload_bytes": sum(t.numel() * t.element_size() for e in lisa.offloaded.values()
                                                 for t in e.values())})
@@ -184,6 +185,13 @@ def test_active_set_switches_every_k_steps_identically_on_both_ranks(switching_r
     sets = [tuple(r["active"]) for r in rank0]
     assert all(sets[i] == sets[i + 1] for i in range(0, 42, 2))  # constant within an interval
     assert sum(sets[i] != sets[i - 1] for i in range(2, 42, 2)) >= 10  # and it does switch
+
+
+@pytest.mark.slow
+def test_switches_keep_the_runs_adam_step_count(switching_run):
+    # a rebuilt optimizer continues the run's bias correction, returning layers included
+    for rank in switching_run:
+        assert [r["adam_step"] for r in rank["record"]] == [r["step"] for r in rank["record"]]
 
 
 @pytest.mark.slow
