@@ -125,7 +125,23 @@ def start_rank(cfg: Config, *, pipeline: int | None = None, threads: int | None 
         preemption.install(signal.SIGUSR2)
     info = init_distributed(cfg.parallel.tensor, cfg.parallel.pipeline if pipeline is None else pipeline,
                             cfg.launch.backend, threads_for_rank(cfg) if threads is None else threads)
+    if info.is_main:
+        _report_accelerators(info)
     return info, data
+
+
+def _report_accelerators(info) -> None:
+    """Once, on rank 0: the compute path in use (library warnings, which would say it a dozen times
+    per rank, stay filtered)."""
+    import torch
+    import torch.distributed as dist
+
+    from pretrain.accelerators import accelerator_report
+
+    cuda = info.device.type == "cuda"
+    name = torch.cuda.get_device_name(info.device) if cuda else ""
+    for line in accelerator_report(cuda=cuda, backend=dist.get_backend(), device_name=name):
+        print(f"hetron: {line}", flush=True)
 
 
 def run_command(cfg: Config, module: str, rank_argv: list[str], run_rank: Callable[[], int]) -> int:
