@@ -19,6 +19,7 @@ class Node:
     gpus: int
     state: str
     partitions: tuple[str, ...]
+    memory_mb: int = 0  # RealMemory; 0: unknown
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def query_partitions() -> dict[str, Partition]:
             gpus=gpu_count(kv.get("Gres", "")),
             state=kv.get("State", "UNKNOWN"),
             partitions=tuple(p for p in kv.get("Partitions", "").split(",") if p),
+            memory_mb=int(kv.get("RealMemory", 0) or 0),
         ))
     partitions = {}
     for line in _scontrol("show", "partition"):
@@ -141,3 +143,25 @@ def check_request(partitions: dict[str, Partition], request: ResourceRequest) ->
     if part.max_time_min is not None and request.time_min > part.max_time_min:
         raise HetronError(f"--time {request.time_min} min: {where} allows at most {part.max_time_min} min")
     return part
+
+
+@dataclass(frozen=True)
+class TaskResources:
+    cpus_per_task: int
+    mem_mb: int | None  # per node; None: no request (memory unknown)
+
+
+def default_task_resources(part: Partition, tasks_per_node: int, gpus_per_node: int,
+                           cpus_per_task: int | None) -> TaskResources:
+    """What a job of `tasks_per_node` tasks gets per node unless told otherwise: the cores of the
+    smallest node it can run on split over its tasks (Slurm's default is one core per task, which
+    leaves a GPU's data loading and host work on a single core), and memory in proportion to the
+    cores asked for (Slurm's default without --mem depends on the site's DefMemPerCPU, often none)."""
+    nodes = [n for n in part.nodes if n.gpus >= gpus_per_node] or list(part.nodes)
+    smallest = min(nodes, key=lambda n: n.cpus, default=None)
+    if cpus_per_task is None:
+        cpus_per_task = max(1, smallest.cpus // max(1, tasks_per_node)) if smallest and smallest.cpus else 1
+    if smallest is None or not smallest.cpus or not smallest.memory_mb:
+        return TaskResources(cpus_per_task, None)
+    share = min(1.0, tasks_per_node * cpus_per_task / smallest.cpus)
+    return TaskResources(cpus_per_task, int(min(n.memory_mb for n in nodes if n.memory_mb) * share))

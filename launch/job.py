@@ -23,11 +23,13 @@ class TrainingFailed(RuntimeError):
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
-    def __init__(self, train_argv: list[str], run_dir: str, checkpoint_dir: str, max_requeues: int) -> None:
+    def __init__(self, train_argv: list[str], run_dir: str, checkpoint_dir: str, max_requeues: int,
+                 environ: dict[str, str] | None = None) -> None:
         self.train_argv = list(train_argv)
         self.run_dir = run_dir
         self.checkpoint_dir = checkpoint_dir
         self.max_requeues = max_requeues
+        self.environ = dict(environ or {})  # set in every task before training (HETRON_CACHE)
 
     def __call__(self) -> dict:
         import torch
@@ -37,6 +39,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         from pretrain.train_cli import main as train_main
 
         env = distributed_env_from_submitit(cuda_available=torch.cuda.is_available())
+        os.environ.update(self.environ)
         os.environ.update(env.as_environ())
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         print(f"hetron job: {env.describe()}, restart {restarts}, run folder {self.run_dir}", file=sys.stderr,
@@ -72,4 +75,4 @@ class TrainingJob(submitit.helpers.Checkpointable):
             argv += paths[-1:]
         else:
             argv.append("resume=auto")
-        return TrainingJob(argv, self.run_dir, self.checkpoint_dir, self.max_requeues)
+        return TrainingJob(argv, self.run_dir, self.checkpoint_dir, self.max_requeues, self.environ)

@@ -3,8 +3,10 @@ the cluster, lay out run folders (one per sweep point), submit one job or a job 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -12,7 +14,14 @@ from pathlib import Path
 
 import submitit
 
-from launch.cluster import ResourceRequest, check_request, parse_slurm_time, query_partitions
+from launch.cluster import (
+    ResourceRequest,
+    check_request,
+    default_task_resources,
+    parse_slurm_time,
+    query_partitions,
+    resolve_partition,
+)
 from launch.job import TrainingJob
 from launch.job_record import JobRecord, save_record
 from launch.run_config import TrainArgs, split_train_args
@@ -33,7 +42,7 @@ class SubmitOptions:
     nodes: int = 1
     gpus_per_node: int = 0
     tasks_per_node: int | None = None  # default: one per GPU; on CPUs, the config's launch.nproc
-    cpus_per_task: int = 1
+    cpus_per_task: int | None = None  # default: the node's cores / tasks per node
     partition: str | None = None
     time: str = "60"
     account: str | None = None
@@ -117,7 +126,8 @@ def check_time_limit(time_min: int, config: Config, seconds_per_step: float | No
             f"or give --seconds-per-step")
 
 
-def _slurm_parameters(options: SubmitOptions, tasks_per_node: int, time_min: int) -> dict:
+def _slurm_parameters(options: SubmitOptions, tasks_per_node: int, time_min: int, cpus_per_task: int,
+                      mem: str | None) -> dict:
     extra = {}
     for option in options.sbatch:
         key, sep, value = option.partition("=")
@@ -126,12 +136,80 @@ def _slurm_parameters(options: SubmitOptions, tasks_per_node: int, time_min: int
         extra[key.lstrip("-")] = value
     wanted = {
         "job_name": options.job_name, "partition": options.partition, "nodes": options.nodes,
-        "ntasks_per_node": tasks_per_node, "cpus_per_task": options.cpus_per_task, "time": time_min,
+        "ntasks_per_node": tasks_per_node, "cpus_per_task": cpus_per_task, "time": time_min,
         "gpus_per_node": options.gpus_per_node or None, "account": options.account, "qos": options.qos,
-        "constraint": options.constraint, "mem": options.mem, "signal_delay_s": SIGNAL_DELAY_S,
+        "constraint": options.constraint, "mem": mem, "signal_delay_s": SIGNAL_DELAY_S,
         "additional_parameters": extra or None, "array_parallelism": options.array_parallelism,
     }
     return {k: v for k, v in wanted.items() if v is not None}
+
+
+# Filesystems that every node of a cluster can mount (a shard cache there is visible to the job).
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cephfs", "ceph", "glusterfs", "fuse.glusterfs",
+                       "fuse.ceph", "wekafs", "panfs", "cifs", "smb3", "orangefs", "pvfs2", "fuse.sshfs",
+                       "fuse.juicefs", "virtiofs", "9p"}
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path.resolve()
+
+
+def mount_of(path: Path, mounts_file: str = "/proc/mounts") -> tuple[str, str]:
+    """(mount point, filesystem type) of the filesystem holding `path` (or its nearest existing parent)."""
+    target = str(_existing(path))
+    best = ("/", "unknown")
+    try:
+        lines = Path(mounts_file).read_text().splitlines()
+    except OSError:
+        return best
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+            best = (point, fields[2])
+    return best
+
+
+def shared_path_problem(path: Path, run_folder: Path) -> str | None:
+    """None when a job that can read `run_folder` (it must: submitit's pickles live there) can also read
+    `path`: the same filesystem, or a network filesystem; otherwise why it may not."""
+    if os.stat(_existing(path)).st_dev == os.stat(_existing(run_folder)).st_dev:
+        return None
+    point, fstype = mount_of(path)
+    if fstype in NETWORK_FILESYSTEMS:
+        return None
+    return f"on {fstype} mounted at {point}, a filesystem of this host and not the run folder's ({run_folder})"
+
+
+def _only_this_host(part) -> bool:
+    here = {"localhost", socket.gethostname(), socket.getfqdn()}
+    return bool(part.nodes) and all(n.name in here for n in part.nodes)
+
+
+def run_shards_dir(config: Config) -> Path:
+    from data.shard_cache import shards_dir
+    from pretrain.model import resolve_model
+
+    return shards_dir(config.data, resolve_model(config.model, config.parallel).seq_length).absolute()
+
+
+def check_data_visible(run: PlannedRun, run_root: Path, job_runs_here: bool) -> None:
+    """The job's ranks read the shards that `hetron submit` prepares here: they must see the folder."""
+    if job_runs_here:
+        return
+    config = run.train_args.load()
+    shards = run_shards_dir(config)
+    problem = shared_path_problem(shards, run_root)
+    if problem:
+        key = "data.shards" if config.data.shards else "the shard cache (HETRON_CACHE)"
+        raise HetronError(f"{key} {shards} is {problem}: the job's nodes may not see it; set "
+                          f"{'data.shards' if config.data.shards else 'HETRON_CACHE'} to a shared filesystem, "
+                          f"e.g. beside run.dir")
 
 
 @dataclass(frozen=True)
@@ -171,7 +249,7 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
     cluster_optional (for --dry-run): without a reachable Slurm, skip the checks against the cluster.
     """
     for name in ("nodes", "cpus_per_task"):
-        if getattr(options, name) < 1:
+        if getattr(options, name) is not None and getattr(options, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
     if options.array_parallelism is not None and options.array_parallelism < 1:
         raise ConfigError(f"--array-parallelism {options.array_parallelism}: must be at least 1")
@@ -199,34 +277,58 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
     if options.gpus_per_node and tasks_per_node != options.gpus_per_node:
         raise ConfigError(f"--tasks-per-node {tasks_per_node} with --gpus-per-node {options.gpus_per_node}: "
                           "hetron runs one task per GPU")
-    if not options.local:
+    cpus_per_task, mem = options.cpus_per_task, options.mem
+    partitions = None
+    if options.local:
+        cpus_per_task = cpus_per_task or max(1, (os.cpu_count() or 1) // tasks_per_node)
+    else:
         try:
             partitions = query_partitions()
         except HetronError as exc:
             if not cluster_optional:
                 raise
             print(f"hetron submit: not checked against a cluster: {exc}", file=sys.stderr)
-            partitions = None
-    if not options.local and partitions is not None:
-        check_request(partitions, ResourceRequest(
-            partition=options.partition, nodes=options.nodes, tasks_per_node=tasks_per_node,
-            gpus_per_node=options.gpus_per_node, cpus_per_task=options.cpus_per_task, time_min=time_min))
+        if partitions is None:
+            cpus_per_task = cpus_per_task or 1
+        else:
+            part = resolve_partition(partitions, options.partition)
+            defaults = default_task_resources(part, tasks_per_node, options.gpus_per_node, cpus_per_task)
+            cpus_per_task = defaults.cpus_per_task
+            if mem is None and defaults.mem_mb:
+                mem = f"{defaults.mem_mb}M"
+            check_request(partitions, ResourceRequest(
+                partition=options.partition, nodes=options.nodes, tasks_per_node=tasks_per_node,
+                gpus_per_node=options.gpus_per_node, cpus_per_task=cpus_per_task, time_min=time_min))
+    job_runs_here = options.local or (partitions is not None and _only_this_host(
+        resolve_partition(partitions, options.partition)))
+    for run in runs:
+        check_data_visible(run, run_root, job_runs_here)
 
     # A sweep's runs share one submitit folder (one array); it sits beside their run folders.
     folder = run_root / ("slurm" if not options.local else "local")
-    slurm_parameters = {} if options.local else _slurm_parameters(options, tasks_per_node, time_min)
+    slurm_parameters = {} if options.local else _slurm_parameters(options, tasks_per_node, time_min,
+                                                                   cpus_per_task, mem)
     return PreparedSubmission(runs, folder, options.local, tasks_per_node, options.gpus_per_node, time_min,
                               options.max_requeues, slurm_parameters)
 
 
 def submit(prepared: PreparedSubmission) -> list[Submission]:
+    from data.shard_cache import cache_root
+    from pretrain.bootstrap import prepare_run
+
     for run in prepared.runs:
         try:
             run.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise HetronError(f"run.dir {run.run_dir}: cannot create it ({exc.strerror})") from None
+    # Here, before any rank starts: under Slurm the ranks only load the shards (a first run on a new
+    # corpus would otherwise tokenize on rank 0 while the others time out in a barrier).
+    for run in prepared.runs:
+        prepare_run(run.train_args.load())
+    # The job resolves the shard cache as this host did, whatever its nodes' home directories are.
+    environ = {"HETRON_CACHE": str(cache_root().absolute())}
     callables = [TrainingJob(run.train_args.argv(), str(run.run_dir), str(run.checkpoint_dir),
-                             prepared.max_requeues) for run in prepared.runs]
+                             prepared.max_requeues, environ) for run in prepared.runs]
     executor = prepared.executor()
     with executor.batch():  # several runs on Slurm: one job array
         jobs = [executor.submit(c) for c in callables]

@@ -19,13 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--tasks-per-node", type=int, help="default: --gpus-per-node, or launch.nproc on CPUs")
-    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--cpus-per-task", type=int,
+                   help="default: the node's cores / tasks per node (then --mem defaults to that share of its memory)")
     p.add_argument("--partition", help="default: the cluster's default partition")
     p.add_argument("--time", default="60", help="time limit per run, Slurm format (minutes, H:M:S, D-H:M:S)")
     p.add_argument("--account")
     p.add_argument("--qos")
     p.add_argument("--constraint")
-    p.add_argument("--mem", help="memory per node, e.g. 64G")
+    p.add_argument("--mem", help="memory per node, e.g. 64G (default: the node's memory in proportion to the CPUs asked for)")
     p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option (repeatable), e.g. --sbatch exclusive=user")
     p.add_argument("--max-requeues", type=int, default=3,

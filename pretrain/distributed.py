@@ -51,8 +51,11 @@ def init_distributed(tensor: int, pipeline: int, backend: str = "auto", threads:
         torch.set_num_threads(threads)
     if backend == "auto":
         backend = "nccl" if cuda else "gloo"
+    # Sites that bind one GPU per task show each task a single device (CUDA_VISIBLE_DEVICES), so the
+    # task's GPU is its local rank modulo the devices it sees.
+    gpu = local_rank % torch.cuda.device_count() if cuda else 0
     if cuda:
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timedelta(minutes=10))
     if world % (tensor * pipeline):
@@ -64,7 +67,7 @@ def init_distributed(tensor: int, pipeline: int, backend: str = "auto", threads:
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),
         tp_rank=ps.get_tensor_model_parallel_rank(), pp_rank=ps.get_pipeline_model_parallel_rank(),
         pp_size=ps.get_pipeline_model_parallel_world_size(),
-        device=torch.device("cuda", local_rank) if cuda else torch.device("cpu"),
+        device=torch.device("cuda", gpu) if cuda else torch.device("cpu"),
     )
 
 

@@ -7,7 +7,9 @@ from launch.cluster import (
     Node,
     Partition,
     ResourceRequest,
+    TaskResources,
     check_request,
+    default_task_resources,
     gpu_count,
     parse_key_values,
     parse_slurm_time,
@@ -76,3 +78,21 @@ def test_a_request_that_fits_names_its_partition():
 def test_a_request_the_cluster_cannot_meet_names_the_option(changes, message):
     with pytest.raises(HetronError, match=message):
         check_request(cluster(), request(**changes))
+
+
+def test_by_default_tasks_share_the_cores_and_memory_of_the_smallest_node_they_can_run_on():
+    nodes = (Node("g1", cpus=96, gpus=8, state="IDLE", partitions=("gpu",), memory_mb=512_000),
+             Node("g2", cpus=64, gpus=8, state="IDLE", partitions=("gpu",), memory_mb=256_000),
+             Node("c1", cpus=8, gpus=0, state="IDLE", partitions=("gpu",), memory_mb=32_000))
+    part = Partition("gpu", "UP", is_default=True, max_time_min=None, nodes=nodes)
+    # 8 GPU tasks: the CPU-only node can't take them; the smaller GPU node decides
+    assert default_task_resources(part, tasks_per_node=8, gpus_per_node=8, cpus_per_task=None) == \
+        TaskResources(cpus_per_task=8, mem_mb=256_000)
+    # CPUs given: memory in proportion (4 tasks x 4 CPUs of 64)
+    assert default_task_resources(part, tasks_per_node=4, gpus_per_node=8, cpus_per_task=4) == \
+        TaskResources(cpus_per_task=4, mem_mb=64_000)
+    # memory unknown: no request
+    bare = Partition("cpu", "UP", is_default=True, max_time_min=None,
+                     nodes=(Node("n", cpus=6, gpus=0, state="IDLE", partitions=("cpu",)),))
+    assert default_task_resources(bare, tasks_per_node=4, gpus_per_node=0, cpus_per_task=None) == \
+        TaskResources(cpus_per_task=1, mem_mb=None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +13,10 @@ from launch.status_cli import log_to_show, step_reached
 from launch.submit import (
     check_time_limit,
     estimated_seconds_per_step,
+    mount_of,
     parse_sweep,
     plan_runs,
+    shared_path_problem,
     sweep_folder_name,
 )
 from pretrain.checkpoint import STATE_FILE
@@ -131,3 +134,11 @@ def test_local_and_dry_run_do_not_combine(tmp_path, capsys):
 def test_a_bad_option_is_one_line(argv, message, capsys):
     assert hetron(argv) == 2
     assert capsys.readouterr().err.strip() == message
+
+
+def test_a_shard_cache_on_a_filesystem_local_to_this_host_is_refused(tmp_path):
+    run_folder = tmp_path / "run"
+    assert shared_path_problem(tmp_path / "cache" / "shards" / "x", run_folder) is None  # the run folder's own
+    problem = shared_path_problem(Path("/dev/shm/hetron-cache/shards/x"), run_folder)  # tmpfs: this host's RAM
+    assert problem == f"on tmpfs mounted at /dev/shm, a filesystem of this host and not the run folder's ({run_folder})"
+    assert mount_of(Path("/proc/self")) == ("/proc", "proc")

@@ -83,3 +83,17 @@ def test_status_of_an_unknown_job_says_so(capsys):
     assert hetron(["status", "999999"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hetron status: error: job 999999: not submitted by hetron submit here")
+
+
+def test_by_default_each_task_gets_its_share_of_the_node(tmp_path, capsys):
+    """Slurm's own default is one CPU per task and the site's default memory: a GPU's data loading and
+    host work on one core."""
+    node = next(n for p in query_partitions().values() for n in p.nodes)
+    assert hetron(["submit", f"run.dir={tmp_path}", "train.steps=20", "launch.nproc=2", "--dry-run"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --ntasks-per-node=2" in script
+    assert f"#SBATCH --cpus-per-task={node.cpus // 2}" in script
+    assert f"#SBATCH --mem={node.memory_mb}M" in script  # two tasks of half the cores: all of its memory
+    assert hetron(["submit", f"run.dir={tmp_path}", "launch.nproc=2", "--cpus-per-task=1", "--dry-run"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --cpus-per-task=1" in script and f"#SBATCH --mem={node.memory_mb * 2 // node.cpus}M" in script

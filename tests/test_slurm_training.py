@@ -138,3 +138,19 @@ def test_sweep_runs_as_a_job_array_each_in_its_own_folder(hetron_home, tmp_path,
     assert hetron(["status", array_id]) == 0
     status = capsys.readouterr().out
     assert status.count(": COMPLETED") == 2 and "sweep point: seed=2" in status
+
+
+def test_submit_prepares_a_new_corpus_on_this_host_before_the_job_starts(submitted, small_corpus, tmp_path,
+                                                                       monkeypatch):
+    """Inside the job the ranks only load shards: rank 0 tokenizing a big corpus while the others wait
+    in a barrier would time out the process group at scale."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HETRON_CACHE", str(cache))
+    job = submitted([*TINY, "train.steps=2", "launch.nproc=2", f"data.corpus={small_corpus}",
+                     "data.vocab_size=512", f"run.dir={tmp_path / 'run'}"])[0]
+    assert len(list(cache.glob("shards/*/manifest.json"))) == 1  # already there when submit returned
+    results = finished(job).job.results()
+    log = job.stdout.read_text() + job.stderr.read_text()
+    assert sorted(r["rank"] for r in results) == [0, 1], log[-3000:]
+    assert "preparing shards" not in log
+    assert sorted(losses(tmp_path / "run")) == [1, 2]
