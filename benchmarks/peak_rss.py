@@ -37,10 +37,13 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", required=True)
     ap.add_argument("--with", dest="variant", default="lisa.layers=2", help="comma-separated overrides to compare")
-    ap.add_argument("--quick", action="store_true", help="reduced mode: the tiny preset instead of 125m")
+    ap.add_argument("--quick", action="store_true",
+                    help="reduced mode: the tiny preset at the shards' own vocabulary and context, not 125m")
     ap.add_argument("overrides", nargs="*", help="applied to both runs")
     args = ap.parse_args(argv)
-    base_args = [("model.preset=tiny" if a == "model.preset=125m" else a) for a in BASE] if args.quick else BASE
+    reduced = ("model.preset=", "model.seq_length=", "data.vocab_size=", "data.global_batch_tokens=")
+    base_args = ([a for a in BASE if not a.startswith(reduced)] + ["model.preset=tiny", "data.global_batch_tokens=1024"]
+                 if args.quick else BASE)
     with tempfile.TemporaryDirectory() as tmp:
         common = base_args + [f"data.shards={args.shards}", f"run.dir={os.path.join(tmp, 'run')}", *args.overrides]
         base = peak_rss_mb(common)
