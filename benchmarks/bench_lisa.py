@@ -107,8 +107,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--switches", type=int, default=5)
     parser.add_argument("--state", default="reset", choices=["reset", "offload"])
+    parser.add_argument("--quick", action="store_true", help="reduced mode: 1 timed step, 1 switch")
     parser.add_argument("overrides", nargs="*", help="extra config key=value")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.switches = 1, 1
     _setup()
     global INFO
     from pretrain.distributed import init_distributed, shutdown
@@ -161,6 +164,8 @@ def main(argv=None) -> int:
     print(f"switch (rebuild DDP + optimizer, carry state): median {switch:.3f} s = {switch / lisa_wall:.2f} LISA steps; "
           f"over {args.switches} switches, ledger after = before: {after == lisa_mem}")
     ok = ratio <= bound + 0.05
+    print(f"RATIO LISA / full grad+optimizer bytes: {ratio:.3f} (bound {bound + 0.05:.3f})")
+    print(f"RATIO LISA / full step wall time: {lisa_wall / full_wall:.3f}")
     print(f"grad+optimizer ratio {ratio:.3f} vs bound (always-trained + {args.gamma} layers)/all + 5% = "
           f"{bound:.3f} + 0.05 -> {'PASS' if ok else 'FAIL'}")
     return 0 if ok and after == lisa_mem else 1

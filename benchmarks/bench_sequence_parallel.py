@@ -85,6 +85,9 @@ def run_rank(args, cfg) -> int:
                 summary[name]["measured_vs_adaptive"] = summary[name]["measured_ms_per_batch"] / ada
             print(json.dumps({"ranks": n, "batches": args.batches, "batch_size": args.batch_size, "scale": args.scale,
                               "capacity_tokens": cm.capacity_tokens, "policies": summary}, indent=2))
+            for name in summary:
+                if name != "adaptive":
+                    print(f"RATIO {name} / adaptive measured ms per batch: {summary[name]['measured_vs_adaptive']:.3f}")
             if args.json:
                 Path(args.json).write_text(json.dumps(summary, indent=2))
         return 0
@@ -102,7 +105,10 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=4, help="divide real lengths by this to fit a CPU")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default="")
+    ap.add_argument("--quick", action="store_true", help="reduced mode: 1 batch of 16 sequences, 1 repeat")
     args, overrides = ap.parse_known_args()
+    if args.quick:
+        args.batches, args.batch_size, args.repeats = 1, 16, 1
     from pretrain.bootstrap import run_command
     from pretrain.config import load_config
 
