@@ -35,5 +35,6 @@ def fit_cost_model(times: dict[tuple[int, int], float], layers: int, hidden: int
         bandwidth[d] = megabytes_per_token / c_d
     # with groups of 1 only there is no all-to-all to measure: the model keeps its default bandwidths
     measured = {"bandwidth_gbps": bandwidth} if bandwidth else {}
-    return CostModel(a1=float(a1), a2=float(a2), beta=float(beta), layers=layers, hidden=hidden,
+    return CostModel(a1=float(a1), a2=float(a2), beta=float(beta), layers=layers, hidden=hidden, calibrated=True,
+                     source="hetron calibrate",
                      capacity_tokens=capacity_tokens, bytes_per_element=bytes_per_element, **measured)

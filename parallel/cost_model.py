@@ -10,6 +10,13 @@ d >= min_sp(L) = 2^ceil(log2(ceil(L / C))) and a group of d ranks holds at most 
 Presets: FlexSP's published 7B/13B/30B constants (arXiv 2412.01523, measured on 64 GPUs). Group sizes
 larger than the bandwidth table (128, 256, ...) use the bandwidth of the largest measured size: an
 assumption, since inter-node all-to-all bandwidth per rank stays roughly flat at that scale.
+
+A preset describes its own architecture on FlexSP's cluster, so it is refused for another model.
+`scaled_to` (sp.cost_model=auto) scales the 7B constants to a model's layers l and hidden size h by
+FLOPs: a1 (attention, ~4 L^2 h per layer) by l*h, a2 (the linear layers, ~24 h^2 per token and
+layer) and beta (per-group constant: parameter all-gathers, optimizer) by l*h^2. Only a model
+written by `hetron calibrate` is `calibrated`: the others predict FlexSP's hardware, not this one,
+and their predictions are logged as `sp_predicted_ms_uncalibrated`.
 """
 from __future__ import annotations
 
@@ -32,6 +39,12 @@ _PRESETS = {
 }
 
 
+def preset_architecture(name: str) -> tuple[int, int] | None:
+    """(layers, hidden) a preset was measured for; None if `name` is no preset."""
+    p = _PRESETS.get(name.lower())
+    return (p["layers"], p["hidden"]) if p else None
+
+
 def is_power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
@@ -46,6 +59,8 @@ class CostModel:
     bandwidth_gbps: dict[int, float] = field(default_factory=lambda: dict(FLEXSP_BANDWIDTH_GBPS), hash=False)
     capacity_tokens: int = 6000
     bytes_per_element: int = 2
+    calibrated: bool = False  # measured on this hardware for this model by `hetron calibrate`
+    source: str = ""  # where the constants come from, for messages
 
     def __post_init__(self):
         if self.capacity_tokens <= 0:
@@ -62,7 +77,18 @@ class CostModel:
         key = name.lower()
         if key not in _PRESETS:
             raise HetronError(f"unknown cost-model preset {name!r}; one of: {', '.join(_PRESETS)}")
-        return cls(**{**_PRESETS[key], **overrides})
+        return cls(**{**_PRESETS[key], "source": f"FlexSP's {key.upper()} constants (64 GPUs)", **overrides})
+
+    @classmethod
+    def scaled_to(cls, layers: int, hidden: int, **overrides) -> CostModel:
+        """FlexSP's 7B constants scaled by FLOPs to a model of `layers` x `hidden` (uncalibrated)."""
+        base = _PRESETS["7b"]
+        attention = layers * hidden / (base["layers"] * base["hidden"])
+        linear = layers * hidden**2 / (base["layers"] * base["hidden"] ** 2)
+        fields = {"a1": base["a1"] * attention, "a2": base["a2"] * linear, "beta": base["beta"] * linear,
+                  "layers": layers, "hidden": hidden, "capacity_tokens": base["capacity_tokens"],
+                  "source": f"FlexSP's 7B constants scaled to {layers} layers x hidden {hidden}"}
+        return cls(**{**fields, **overrides})
 
     def bandwidth(self, d: int) -> float:
         """GB/s of an all-to-all in a group of d ranks; sizes past the table use its largest entry."""
@@ -106,8 +132,8 @@ class CostModel:
         if not isinstance(raw, dict):
             raise HetronError(f"cost model file {path}: expected a JSON object, got {type(raw).__name__}")
         fields = {"a1", "a2", "beta", "layers", "hidden", "bandwidth_gbps", "capacity_tokens",
-                  "bytes_per_element"}
-        missing = sorted(fields - {"bytes_per_element"} - raw.keys())
+                  "bytes_per_element", "calibrated", "source"}
+        missing = sorted(fields - {"bytes_per_element", "calibrated", "source"} - raw.keys())
         unknown = sorted(raw.keys() - fields)
         if missing or unknown:
             raise HetronError(f"cost model file {path}: missing keys {missing}, unknown keys {unknown}")
@@ -116,6 +142,8 @@ class CostModel:
                        layers=int(raw["layers"]), hidden=int(raw["hidden"]),
                        bandwidth_gbps={int(d): float(b) for d, b in dict(raw["bandwidth_gbps"]).items()},
                        capacity_tokens=int(raw["capacity_tokens"]),
-                       bytes_per_element=int(raw.get("bytes_per_element", 2)))
+                       bytes_per_element=int(raw.get("bytes_per_element", 2)),
+                       # a file is what `hetron calibrate` measured unless it says otherwise
+                       calibrated=bool(raw.get("calibrated", True)), source=str(raw.get("source") or path))
         except (TypeError, ValueError) as exc:
             raise HetronError(f"cost model file {path}: bad value ({exc})") from None

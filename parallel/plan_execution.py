@@ -61,7 +61,9 @@ def batch_fingerprint(lengths: list[int], plan_json: str) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
-def plan_statistics(plan: SequenceParallelPlan) -> dict:
+def plan_statistics(plan: SequenceParallelPlan, *, calibrated: bool = True) -> dict:
+    """Metrics of a plan; the predicted time is named uncalibrated unless the cost model was
+    measured on this hardware (`hetron calibrate`)."""
     sizes = [g.size for mb in plan.micro_batches for g in mb.groups if g.sequences]
     return {
         "sp_micro_batches": len(plan.micro_batches),
@@ -69,7 +71,7 @@ def plan_statistics(plan: SequenceParallelPlan) -> dict:
         "sp_max_group": max(sizes) if sizes else 1,
         "sp_mean_group": float(np.mean(sizes)) if sizes else 1.0,
         "sp_solve_ms": plan.solve_ms,
-        "sp_predicted_ms": plan.predicted_ms,
+        "sp_predicted_ms" if calibrated else "sp_predicted_ms_uncalibrated": plan.predicted_ms,
     }
 
 

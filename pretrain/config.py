@@ -109,7 +109,9 @@ class SequenceParallelConfig:
     mode: str = "off"  # off (plain data parallel) | static (one group size) | adaptive (the planner)
     degree: int = 2  # group size in static mode
     tokens_per_rank: int = 0  # activation capacity of a rank per micro-batch; 0: model.seq_length
-    cost_model: str = "7b"  # a preset (7b, 13b, 30b) or a JSON file written by `hetron calibrate`
+    # auto (FlexSP's 7B constants scaled to this model, uncalibrated), a preset of that architecture
+    # (7b, 13b, 30b), or a JSON file written by `hetron calibrate`
+    cost_model: str = "auto"
     time_budget_s: float = 0.05  # hard limit of the per-step solve (planned a step ahead)
     solver: str = "highs"  # highs | cbc | none (fast path only)
 
@@ -322,7 +324,6 @@ def validate(cfg: Config) -> None:
         )
     if not (cfg.resume in ("auto", "latest", "never") or Path(cfg.resume).exists()):
         raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint folder (or use auto | latest | never)")
-    validate_sequence_parallel(cfg)
     cfg.reweight.validate()
     cfg.forecast.validate()
     if cfg.forecast.every and cfg.stages:
@@ -335,9 +336,10 @@ def validate(cfg: Config) -> None:
 
     arch = resolve_model(cfg.model, cfg.parallel)
     cfg.lisa.validate(arch.num_layers, cfg.parallel.pipeline)
+    validate_sequence_parallel(cfg, arch)
 
 
-def validate_sequence_parallel(cfg: Config) -> None:
+def validate_sequence_parallel(cfg: Config, arch) -> None:
     sp = cfg.sp
     if sp.mode not in ("off", "static", "adaptive"):
         raise ConfigError(f"sp.mode={sp.mode!r} is not one of off, static, adaptive")
@@ -353,8 +355,16 @@ def validate_sequence_parallel(cfg: Config) -> None:
         raise ConfigError(f"sp.solver={sp.solver!r} is not one of highs, cbc, none")
     if not sp.time_budget_s > 0:
         raise ConfigError(f"sp.time_budget_s={sp.time_budget_s} must be positive")
-    if not sp.cost_model.endswith(".json") and sp.cost_model.lower() not in ("7b", "13b", "30b"):
-        raise ConfigError(f"sp.cost_model={sp.cost_model!r} is not a preset (7b, 13b, 30b) or a .json file")
+    if not sp.cost_model.endswith(".json") and sp.cost_model.lower() not in ("auto", "7b", "13b", "30b"):
+        raise ConfigError(f"sp.cost_model={sp.cost_model!r} is not auto, a preset (7b, 13b, 30b) or a .json file")
+    from parallel.cost_model import preset_architecture
+
+    measured_for = preset_architecture(sp.cost_model)
+    if measured_for is not None and measured_for != (arch.num_layers, arch.hidden_size):
+        raise ConfigError(f"sp.cost_model={sp.cost_model} holds FlexSP's constants for {measured_for[0]} layers x hidden "
+                          f"{measured_for[1]}, not this model's {arch.num_layers} x {arch.hidden_size}; measure this "
+                          "model with `hetron calibrate` (then sp.cost_model=FILE.json) or use sp.cost_model=auto "
+                          "(scaled, uncalibrated)")
     if sp.cost_model.endswith(".json") and not Path(sp.cost_model).is_file():
         raise ConfigError(f"sp.cost_model={sp.cost_model}: no such file (write one with `hetron calibrate`)")
 

@@ -324,8 +324,14 @@ class Trainer:
         if Path(sp.cost_model).suffix == ".json":
             self.sp_cost_model = CostModel.load(sp.cost_model)
             self.sp_cost_model = replace(self.sp_cost_model, capacity_tokens=capacity)
+        elif sp.cost_model == "auto":
+            self.sp_cost_model = CostModel.scaled_to(self.arch.num_layers, self.arch.hidden_size, capacity_tokens=capacity)
         else:
             self.sp_cost_model = CostModel.preset(sp.cost_model, capacity_tokens=capacity)
+        if self.info.is_main and not self.sp_cost_model.calibrated:
+            print(f"hetron: sp.cost_model={sp.cost_model}: {self.sp_cost_model.source}, not measured here; plans use "
+                  "its relative costs and sp_predicted_ms_uncalibrated is no step-time prediction. Measure this "
+                  "model with `hetron calibrate` and set sp.cost_model=FILE.json", flush=True)
         self.sp_groups = SequenceParallelGroups(self.sp_sizes)
         self.loader = PlannedBatches(self.loader, self._make_plan, is_main=self.info.is_main)
 
@@ -425,7 +431,7 @@ class Trainer:
                            "tokens_per_s": result.tokens / result.seconds, "step_s": result.seconds,
                            "grad_norm": result.grad_norm, "batch_tokens": result.tokens}
                 if self.last_plan is not None:
-                    metrics.update(plan_statistics(self.last_plan))
+                    metrics.update(plan_statistics(self.last_plan, calibrated=self.sp_cost_model.calibrated))
                 for algo in self.algorithms:
                     algo.on_step_end(self, result.step, metrics)
                 at_end = result.step == cfg.train.steps

@@ -81,3 +81,45 @@ def test_time_falls_with_degree_for_long_sequences():
 
 def test_cost_model_is_hashable_for_caches():
     assert hash(CostModel.preset("7b")) == hash(CostModel.preset("7b"))
+
+
+def test_scaled_model_is_the_preset_at_its_own_architecture_and_scales_by_flops():
+    seven = CostModel.preset("7b")
+    same = CostModel.scaled_to(32, 4096)
+    assert (same.a1, same.a2, same.beta) == pytest.approx((seven.a1, seven.a2, seven.beta))
+    small = CostModel.scaled_to(16, 2048)  # half the layers, half the width
+    assert small.a1 == pytest.approx(seven.a1 / 4) and small.a2 == pytest.approx(seven.a2 / 8)
+    assert small.beta == pytest.approx(seven.beta / 8)
+    assert not small.calibrated and not seven.calibrated and "scaled" in small.source
+
+
+def test_only_calibrated_files_count_as_calibrated(tmp_path):
+    path = tmp_path / "cm.json"
+    raw = CostModel.preset("7b").to_dict()
+    for key in ("calibrated", "source"):
+        del raw[key]  # as files from before these keys existed, all written by `hetron calibrate`
+    path.write_text(json.dumps(raw))
+    assert CostModel.load(path).calibrated
+    CostModel.scaled_to(2, 64).save(path)
+    assert not CostModel.load(path).calibrated
+
+
+def test_uncalibrated_predictions_are_named_so():
+    from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
+    from parallel.plan_execution import plan_statistics
+
+    plan = SequenceParallelPlan(2, (MicroBatchPlan((SPGroup(0, 2, (0,)),)),), 12.5, 1.0, "test")
+    assert plan_statistics(plan, calibrated=False)["sp_predicted_ms_uncalibrated"] == 12.5
+    assert "sp_predicted_ms" not in plan_statistics(plan, calibrated=False)
+    assert plan_statistics(plan)["sp_predicted_ms"] == 12.5
+
+
+@pytest.mark.parametrize("preset", ["7b", "13b"])
+def test_a_preset_for_another_architecture_is_refused_in_one_line(tmp_path, preset):
+    from conftest import error_lines, run_hetron
+
+    proc = run_hetron(["train", f"run.dir={tmp_path}", "model.preset=tiny", "sp.mode=adaptive",
+                       f"sp.cost_model={preset}"])
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"sp.cost_model={preset}" in lines[0] and "hetron calibrate" in lines[0] and "sp.cost_model=auto" in lines[0]

@@ -106,6 +106,8 @@ def test_adaptive_four_ranks_first_loss_equals_plain_one_rank(tmp_path, small_sh
     first = lambda run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])  # noqa: E731
     assert first("sp")["loss"] == pytest.approx(first("one")["loss"], rel=1e-5)
     assert first("sp")["sp_max_group"] >= 2  # sequences longer than 128 tokens needed groups
+    # the default cost model (auto) is scaled, not measured: its prediction says so
+    assert "sp_predicted_ms_uncalibrated" in first("sp") and "sp_predicted_ms" not in first("sp")
 
 
 def test_groups_are_laid_out_on_aligned_ranges():
