@@ -1,6 +1,7 @@
-"""The callable submitit runs in every task: export the torch.distributed environment, run `hetron train`
-as this task's rank, and on preemption or time-out (Slurm's USR2) finish the current step, save a
-checkpoint on all ranks, and requeue the job (a bounded number of times) so it resumes from there.
+"""The callable submitit runs in every task: export the torch.distributed environment, run the program
+(`hetron train`, handed in by the submitting command) as this task's rank, and on preemption or
+time-out (Slurm's USR2) finish the current step, save a checkpoint on all ranks, and requeue the job
+(a bounded number of times) so it resumes from there.
 
 A job that fails for its own reasons (an exception, a non-zero exit) raises: submitit records the error,
 Slurm marks the job FAILED, and nothing requeues it.
@@ -8,14 +9,14 @@ Slurm marks the job FAILED, and nothing requeues it.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
 import submitit
 
+from launch.program import TrainingProgram
 from launch.slurm_env import distributed_env_from_submitit
-from pretrain.checkpoint import newest_checkpoint
+from pretrain.errors import HetronError
 
 
 class TrainingFailed(RuntimeError):
@@ -23,8 +24,9 @@ class TrainingFailed(RuntimeError):
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
-    def __init__(self, train_argv: list[str], run_dir: str, checkpoint_dir: str, max_requeues: int,
-                 environ: dict[str, str] | None = None) -> None:
+    def __init__(self, program: TrainingProgram, train_argv: list[str], run_dir: str, checkpoint_dir: str,
+                 max_requeues: int, environ: dict[str, str] | None = None) -> None:
+        self.program = program
         self.train_argv = list(train_argv)
         self.run_dir = run_dir
         self.checkpoint_dir = checkpoint_dir
@@ -34,20 +36,14 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         import torch
 
-        from pretrain import preemption
-        from pretrain.errors import HetronError
-        from pretrain.train_cli import main as train_main
-
         env = distributed_env_from_submitit(cuda_available=torch.cuda.is_available())
         os.environ.update(self.environ)
         os.environ.update(env.as_environ())
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         print(f"hetron job: {env.describe()}, restart {restarts}, run folder {self.run_dir}", file=sys.stderr,
               flush=True)
-        # submitit's USR2 handler (requeue and exit) now runs after a checkpoint at the next step boundary
-        preemption.install(signal.SIGUSR2)
-        try:
-            code = train_main(self.train_argv)
+        try:  # the program routes submitit's USR2 handler (requeue and exit) through a checkpoint
+            code = self.program.run(self.train_argv)
         except HetronError as exc:  # the user's error, as one line: the last line of the job's log
             raise TrainingFailed(f"hetron train: error: {exc}") from None
         if code != 0:
@@ -71,8 +67,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         # checkpoint of its own; auto, latest and never all become auto.
         paths = [a for a in self.train_argv if a.startswith("resume=") and a[7:] not in ("auto", "latest", "never")]
         argv = [a for a in self.train_argv if not a.startswith("resume=")]
-        if paths and newest_checkpoint(Path(self.checkpoint_dir)) is None:
+        if paths and self.program.newest_checkpoint(Path(self.checkpoint_dir)) is None:
             argv += paths[-1:]
         else:
             argv.append("resume=auto")
-        return TrainingJob(argv, self.run_dir, self.checkpoint_dir, self.max_requeues, self.environ)
+        return TrainingJob(self.program, argv, self.run_dir, self.checkpoint_dir, self.max_requeues, self.environ)

@@ -24,8 +24,8 @@ from launch.cluster import (
 )
 from launch.job import TrainingJob
 from launch.job_record import JobRecord, save_record
+from launch.program import RunPlan, TrainingProgram
 from launch.run_config import TrainArgs, split_train_args
-from pretrain.config import Config, RunConfig
 from pretrain.errors import ConfigError, HetronError
 
 SIGNAL_DELAY_S = 90  # submitit signals USR2 this long before the time limit, to checkpoint and requeue
@@ -66,7 +66,7 @@ class PlannedRun:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.train_args.load().checkpoint_dir.resolve()
+        return self.train_args.load().checkpoint_dir
 
 
 @dataclass(frozen=True)
@@ -103,20 +103,20 @@ def plan_runs(train_args: TrainArgs, run_root: Path, sweep: list[str]) -> list[P
     return runs
 
 
-def estimated_seconds_per_step(config: Config, tasks: int) -> float:
-    per_task = TOKENS_PER_S_PER_TASK.get(config.model.preset, min(TOKENS_PER_S_PER_TASK.values()))
-    return config.data.global_batch_tokens / (per_task * tasks)
+def estimated_seconds_per_step(plan: RunPlan, tasks: int) -> float:
+    per_task = TOKENS_PER_S_PER_TASK.get(plan.preset, min(TOKENS_PER_S_PER_TASK.values()))
+    return plan.global_batch_tokens / (per_task * tasks)
 
 
-def check_time_limit(time_min: int, config: Config, seconds_per_step: float | None, tasks: int) -> None:
-    every = config.checkpoint.every
+def check_time_limit(time_min: int, plan: RunPlan, seconds_per_step: float | None, tasks: int) -> None:
+    every = plan.checkpoint_every
     if seconds_per_step:
         per_step, source = seconds_per_step, "--seconds-per-step"
     else:
-        per_step = estimated_seconds_per_step(config, tasks)
-        source = (f"estimated: data.global_batch_tokens={config.data.global_batch_tokens} at ~"
-                  f"{TOKENS_PER_S_PER_TASK.get(config.model.preset, 0):g} tokens/s x {tasks} task(s)")
-    needed_s = STARTUP_S + min(every, config.train.steps) * per_step
+        per_step = estimated_seconds_per_step(plan, tasks)
+        source = (f"estimated: data.global_batch_tokens={plan.global_batch_tokens} at ~"
+                  f"{TOKENS_PER_S_PER_TASK.get(plan.preset, 0):g} tokens/s x {tasks} task(s)")
+    needed_s = STARTUP_S + min(every, plan.steps) * per_step
     usable_s = time_min * 60 - SIGNAL_DELAY_S
     if usable_s < needed_s:
         raise ConfigError(
@@ -191,25 +191,15 @@ def _only_this_host(part) -> bool:
     return bool(part.nodes) and all(n.name in here for n in part.nodes)
 
 
-def run_shards_dir(config: Config) -> Path:
-    from data.shard_cache import shards_dir
-    from pretrain.model import resolve_model
-
-    return shards_dir(config.data, resolve_model(config.model, config.parallel).seq_length).absolute()
-
-
 def check_data_visible(run: PlannedRun, run_root: Path, job_runs_here: bool) -> None:
     """The job's ranks read the shards that `hetron submit` prepares here: they must see the folder."""
     if job_runs_here:
         return
-    config = run.train_args.load()
-    shards = run_shards_dir(config)
+    shards = run.train_args.load().shards
     problem = shared_path_problem(shards, run_root)
     if problem:
-        key = "data.shards" if config.data.shards else "the shard cache (HETRON_CACHE)"
-        raise HetronError(f"{key} {shards} is {problem}: the job's nodes may not see it; set "
-                          f"{'data.shards' if config.data.shards else 'HETRON_CACHE'} to a shared filesystem, "
-                          f"e.g. beside run.dir")
+        raise HetronError(f"the shards {shards} are {problem}: the job's nodes may not see them; put data.shards "
+                          f"or the shard cache (HETRON_CACHE) on a shared filesystem, e.g. beside run.dir")
 
 
 @dataclass(frozen=True)
@@ -243,8 +233,9 @@ class PreparedSubmission:
         return _make_sbatch_string(command=command, folder=self.folder, **self.slurm_parameters, **map_count)
 
 
-def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedSubmission:
-    """Every check that can fail, done before anything is written or submitted.
+def prepare(options: SubmitOptions, program: TrainingProgram, cluster_optional: bool = False) -> PreparedSubmission:
+    """Every check that can fail, done before anything is written or submitted; `program` is what the
+    job runs (pretrain.train_program.TRAIN for `hetron train`).
 
     cluster_optional (for --dry-run): without a reachable Slurm, skip the checks against the cluster.
     """
@@ -264,13 +255,13 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
     if time_min is None or time_min < 1:
         raise ConfigError(f"--time {options.time}: give a finite limit of at least 1 minute")
 
-    train_args = split_train_args(options.train_args)
-    config = train_args.load()
-    run_root = Path(config.run.dir).resolve()
-    if config.run.dir == RunConfig.dir:  # unset: a fresh folder, so a new job never resumes an old one
+    train_args = split_train_args(options.train_args, program)
+    plan = train_args.load()
+    run_root = plan.run_dir.resolve()
+    if plan.run_dir_is_default:  # unset: a fresh folder, so a new job never resumes an old one
         run_root = Path("runs", f"{options.job_name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     runs = plan_runs(train_args, run_root, options.sweep)
-    tasks_per_node = options.tasks_per_node or options.gpus_per_node or config.launch.nproc
+    tasks_per_node = options.tasks_per_node or options.gpus_per_node or plan.nproc
     for run in runs:  # every sweep point must be a valid config on its own
         check_time_limit(time_min, run.train_args.load(), options.seconds_per_step, tasks_per_node * options.nodes)
 
@@ -314,7 +305,6 @@ def prepare(options: SubmitOptions, cluster_optional: bool = False) -> PreparedS
 
 def submit(prepared: PreparedSubmission) -> list[Submission]:
     from data.shard_cache import cache_root
-    from pretrain.bootstrap import prepare_run
 
     for run in prepared.runs:
         try:
@@ -324,10 +314,10 @@ def submit(prepared: PreparedSubmission) -> list[Submission]:
     # Here, before any rank starts: under Slurm the ranks only load the shards (a first run on a new
     # corpus would otherwise tokenize on rank 0 while the others time out in a barrier).
     for run in prepared.runs:
-        prepare_run(run.train_args.load())
+        run.train_args.prepare()
     # The job resolves the shard cache as this host did, whatever its nodes' home directories are.
     environ = {"HETRON_CACHE": str(cache_root().absolute())}
-    callables = [TrainingJob(run.train_args.argv(), str(run.run_dir), str(run.checkpoint_dir),
+    callables = [TrainingJob(run.train_args.program, run.train_args.argv(), str(run.run_dir), str(run.checkpoint_dir),
                              prepared.max_requeues, environ) for run in prepared.runs]
     executor = prepared.executor()
     with executor.batch():  # several runs on Slurm: one job array

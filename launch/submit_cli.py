@@ -1,9 +1,11 @@
-"""`hetron submit [CONFIG.yaml] [key=value ...] [options]`: run `hetron train` as a Slurm job through submitit."""
+"""`hetron submit [CONFIG.yaml] [key=value ...] [options]`: run a program (`hetron train`, handed in by
+pretrain/submit_cli.py) as a Slurm job through submitit."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from launch.program import TrainingProgram
 from launch.submit import SubmitOptions, prepare, print_submissions, submit
 from pretrain.arg_parser import OneLineErrorParser
 from pretrain.errors import HetronError
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], program: TrainingProgram) -> int:
     args = build_parser().parse_args(argv)
     if args.dry_run and args.local:
         raise HetronError("--dry-run prints an sbatch script: it does not combine with --local")
@@ -54,7 +56,7 @@ def main(argv: list[str]) -> int:
         time=args.time, account=args.account, qos=args.qos, constraint=args.constraint, mem=args.mem,
         sbatch=args.sbatch, max_requeues=args.max_requeues, seconds_per_step=args.seconds_per_step,
         sweep=args.sweep, array_parallelism=args.array_parallelism, job_name=args.job_name, local=args.local)
-    prepared = prepare(options, cluster_optional=args.dry_run)
+    prepared = prepare(options, program, cluster_optional=args.dry_run)
     if args.dry_run:
         for run in prepared.runs:  # on stderr: stdout is the sbatch file alone
             print(f"run folder {run.run_dir}: hetron train {' '.join(run.train_args.argv())}", file=sys.stderr)

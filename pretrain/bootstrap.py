@@ -51,9 +51,10 @@ def _check_resume(cfg: Config) -> None:
             raise HetronError(f"resume requested but no complete checkpoint in {cfg.checkpoint_dir}")
 
 
-def prepare_run(cfg: Config) -> PreparedData:
+def prepare_run(cfg: Config, *, check_resume: bool = True) -> PreparedData:
     """Everything that must happen once before ranks start: shards (prepared here if missing), stage
-    corpora, checks, run folder with the resolved config."""
+    corpora, checks, run folder with the resolved config. check_resume=False (a submission): whether
+    there is a checkpoint to resume from is the job's to find out when it starts."""
     from data.shard_cache import ensure_shards
     from pretrain.model import resolve_model
 
@@ -64,7 +65,8 @@ def prepare_run(cfg: Config) -> PreparedData:
         from data.stage_data import stage_sources
 
         stage_sources(cfg, shards, manifest, arch.seq_length, prepare=True)
-    _check_resume(cfg)
+    if check_resume:
+        _check_resume(cfg)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")

@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("pretrain.schedules.cli", "plot or print an LR schedule"),
     "plan-bench": ("parallel.plan_bench", "benchmark the adaptive sequence-parallel planner"),
     "calibrate": ("pretrain.calibrate_cli", "measure and fit the sequence-parallel cost model here"),
-    "submit": ("launch.submit_cli", "submit a training job to Slurm through submitit"),
+    "submit": ("pretrain.submit_cli", "submit a training job to Slurm through submitit"),
     "status": ("launch.status_cli", "show the state of a submitted job"),
 }
 

@@ -21,8 +21,8 @@ from launch.submit import (
 )
 from pretrain.checkpoint import STATE_FILE
 from pretrain.cli import main as hetron
-from pretrain.config import load_config
 from pretrain.errors import ConfigError
+from pretrain.train_program import TRAIN
 
 
 def test_sweeps_are_the_product_of_their_axes():
@@ -33,7 +33,7 @@ def test_sweeps_are_the_product_of_their_axes():
 
 
 def test_each_sweep_run_has_its_own_folder_and_overrides(tmp_path):
-    args = split_train_args(["seed=1", "run.dir=/elsewhere", "train.steps=4"])
+    args = split_train_args(["seed=1", "run.dir=/elsewhere", "train.steps=4"], TRAIN)
     runs = plan_runs(args, tmp_path, ["seed=7,8"])
     assert [r.run_dir for r in runs] == [tmp_path / "seed=7", tmp_path / "seed=8"]
     assert runs[1].train_args.argv() == ["train.steps=4", "seed=8", f"run.dir={tmp_path / 'seed=8'}"]
@@ -43,13 +43,13 @@ def test_each_sweep_run_has_its_own_folder_and_overrides(tmp_path):
 def test_config_comes_first_and_is_made_absolute(tmp_path, monkeypatch):
     (tmp_path / "run.yaml").write_text("train:\n  steps: 3\n")
     monkeypatch.chdir(tmp_path)
-    assert split_train_args(["run.yaml", "seed=2"]).argv() == [str(tmp_path / "run.yaml"), "seed=2"]
+    assert split_train_args(["run.yaml", "seed=2"], TRAIN).argv() == [str(tmp_path / "run.yaml"), "seed=2"]
     with pytest.raises(ConfigError, match="argument 'run.yaml': expected CONFIG first"):
-        split_train_args(["seed=2", "run.yaml"])
+        split_train_args(["seed=2", "run.yaml"], TRAIN)
 
 
 def test_time_limit_must_reach_one_checkpoint():
-    config = load_config(None, ["train.steps=1000", "checkpoint.every=200"])
+    config = TRAIN.plan(None, ["train.steps=1000", "checkpoint.every=200"])
     check_time_limit(6, config, seconds_per_step=0.5, tasks=1)  # 60 s + 100 s <= 360 s - 90 s
     with pytest.raises(ConfigError, match=r"--time 3 min is shorter than one checkpoint interval: .*"
                                           r"checkpoint.every=200 x 0.5 s/step \(--seconds-per-step\) = 160 s"):
@@ -57,8 +57,8 @@ def test_time_limit_must_reach_one_checkpoint():
 
 
 def test_without_a_step_time_the_estimate_scales_with_batch_tokens_and_tasks():
-    small = load_config(None, ["model.preset=tiny", "data.global_batch_tokens=1024"])
-    big = load_config(None, ["model.preset=tiny", "data.global_batch_tokens=16384"])
+    small = TRAIN.plan(None, ["model.preset=tiny", "data.global_batch_tokens=1024"])
+    big = TRAIN.plan(None, ["model.preset=tiny", "data.global_batch_tokens=16384"])
     assert estimated_seconds_per_step(big, tasks=2) == 16 * estimated_seconds_per_step(small, tasks=2)
     assert estimated_seconds_per_step(big, tasks=1) == 2 * estimated_seconds_per_step(big, tasks=2)
     with pytest.raises(ConfigError, match=r"estimated: data.global_batch_tokens=16384 at ~450 tokens/s x 2"):
@@ -66,7 +66,7 @@ def test_without_a_step_time_the_estimate_scales_with_batch_tokens_and_tasks():
 
 
 def test_requeues_are_bounded_by_the_restart_count(monkeypatch, tmp_path):
-    job = TrainingJob(["train.steps=4", "resume=never"], str(tmp_path), str(tmp_path / "ckpt"), max_requeues=2)
+    job = TrainingJob(TRAIN, ["train.steps=4", "resume=never"], str(tmp_path), str(tmp_path / "ckpt"), max_requeues=2)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     again = job.checkpoint()
     assert again.function.train_argv == ["train.steps=4", "resume=auto"]  # a requeued run resumes
@@ -76,7 +76,7 @@ def test_requeues_are_bounded_by_the_restart_count(monkeypatch, tmp_path):
 
 def test_an_explicit_resume_path_survives_a_requeue_until_the_run_has_its_own_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    job = TrainingJob(["resume=/ckpt/step_100"], str(tmp_path), str(tmp_path / "checkpoints"), max_requeues=3)
+    job = TrainingJob(TRAIN, ["resume=/ckpt/step_100"], str(tmp_path), str(tmp_path / "checkpoints"), max_requeues=3)
     assert job.checkpoint().function.train_argv == ["resume=/ckpt/step_100"]
     (tmp_path / "checkpoints" / "step_00000004.tmp").mkdir(parents=True)  # incomplete: still the path
     assert job.checkpoint().function.train_argv == ["resume=/ckpt/step_100"]

@@ -16,6 +16,7 @@ from launch.status_cli import slurm_state
 from launch.submit import Submission, SubmitOptions, prepare, submit
 from pretrain.checkpoint import newest_checkpoint
 from pretrain.cli import main as hetron
+from pretrain.train_program import TRAIN
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("require_slurm")]
 
@@ -44,7 +45,7 @@ def submitted(hetron_home):
     jobs: list[Submission] = []
 
     def submit_run(train_args: list[str], **options) -> list[Submission]:
-        subs = submit(prepare(SubmitOptions(train_args=train_args, time="10", **options)))
+        subs = submit(prepare(SubmitOptions(train_args=train_args, time="10", **options), TRAIN))
         jobs.extend(subs)
         return subs
 
