@@ -3,6 +3,7 @@ validated before any work. Every error names the dotted key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -150,6 +151,25 @@ class Config:
 # loading
 
 
+class ConfigYamlLoader(yaml.SafeLoader):
+    """YAML as config files and overrides mean it: only true/false are booleans (YAML 1.2), so
+    `sp.mode=off` or `mode: off` stays the text "off" instead of YAML 1.1's False. Every value is
+    then read against its field's declared type (_coerce), where a bool field still takes
+    yes/no/on/off."""
+
+
+ConfigYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigYamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                       list("tTfF"))
+
+
+def read_config_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
@@ -179,8 +199,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{key}={value!r} must be true or false")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -234,7 +254,7 @@ def _parse_override(arg: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"argument {arg!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = read_config_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -262,7 +282,7 @@ def resolve_config_path(name: str) -> Path:
 
 def load_yaml(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_config_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
