@@ -179,12 +179,29 @@ class GlobalBatchLoader:
 
 
 def eval_batches(split_dir: Path, token_budget: int, count: int) -> list[list[np.ndarray]]:
-    """The first `count` global batches of the held-out split, in file order (the same every time)."""
+    """Up to `count` global batches of the held-out split in file order (the same every time),
+    reading the split at most once: a split smaller than one budget gives one partial batch, never
+    a batch with a sample twice, and never no batch (an empty split is an error)."""
     loader = GlobalBatchLoader(split_dir, token_budget, seed=0, shuffle=False)
-    out = []
-    for _ in range(count):
-        batch = loader.next_batch()
-        if loader.stream.epoch > 0:
+    out: list[list[np.ndarray]] = []
+    batch, tokens = [], 0
+    while len(out) < count:
+        item = loader.stream.next_item()
+        if loader.stream.epoch > 0:  # the whole split has been read
             break
+        sample = read_sample(item, str(split_dir))
+        n = len(sample) - 1
+        if batch and tokens + n > token_budget:
+            out.append(batch)
+            batch, tokens = [], 0
+            if len(out) == count:
+                break
+        batch.append(sample)
+        tokens += n
+        loader.stream.sample_in_epoch += 1
+    if batch and len(out) < count:
         out.append(batch)
+    if not out:
+        raise HetronError(f"the held-out split {split_dir} holds no sample; re-run `hetron prepare --force` "
+                          "(or set train.eval_every=0)")
     return out

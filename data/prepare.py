@@ -60,9 +60,25 @@ class Manifest:
             raise HetronError(f"{path} is corrupt ({exc}); re-run `hetron prepare --force`") from None
 
 
+def _name_digest(name: str) -> float:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") / 2**64
+
+
 def is_eval_document(name: str, eval_fraction: float) -> bool:
-    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
-    return digest / 2**64 < eval_fraction
+    return _name_digest(name) < eval_fraction
+
+
+def eval_documents(names: list[str], eval_fraction: float) -> set[str]:
+    """The held-out documents: those whose name hashes below the fraction, but never none and never
+    all of them when there are two or more (a small corpus at 2% would otherwise hold none out)."""
+    chosen = {n for n in names if is_eval_document(n, eval_fraction)}
+    if len(set(names)) >= 2:
+        ranked = sorted(set(names), key=lambda n: (_name_digest(n), n))
+        if not chosen:
+            chosen = {ranked[0]}
+        elif len(chosen) == len(ranked):
+            chosen.discard(ranked[-1])
+    return chosen
 
 
 def chunk_document(ids: list[int], max_context: int) -> list[list[int]]:
@@ -113,11 +129,12 @@ def prepare_shards(
         lengths = {s: [] for s in SPLITS}
         writers = {s: MDSWriter(out=str(tmp / s), columns=COLUMNS, size_limit="32mb") for s in SPLITS}
         names = [d.name for d in docs]
+        held_out = eval_documents(names, eval_fraction)
         # Batch-encode for speed; `tokenizers` parallelises over documents.
         for lo in _progress_range(len(docs), 256, progress, "tokenizing"):
             batch = docs[lo : lo + 256]
             for doc, enc in zip(batch, tok.encode_batch([d.text for d in batch])):
-                split = "eval" if is_eval_document(doc.name, eval_fraction) else "train"
+                split = "eval" if doc.name in held_out else "train"
                 ids = enc.ids + [eos]
                 chunks = chunk_document(ids, max_context)
                 st = stats[split]
@@ -134,8 +151,8 @@ def prepare_shards(
         for split in SPLITS:
             if stats[split].samples == 0:
                 raise HetronError(
-                    f"corpus {corpus!r} gives no {split} documents ({len(names)} documents, eval fraction "
-                    f"{eval_fraction}); use a larger corpus or another --eval-fraction"
+                    f"corpus {corpus!r} has {len(names)} document(s): at least two are needed, one of them "
+                    "held out for the eval loss"
                 )
             arr = np.asarray(lengths[split])
             stats[split].length_percentiles = {

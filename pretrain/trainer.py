@@ -86,6 +86,9 @@ class Trainer:
         else:
             self.loader = GlobalBatchLoader(shards / "train", cfg.data.global_batch_tokens, seed=cfg.seed,
                                             shuffle=cfg.data.shuffle)
+        if cfg.train.eval_every and cfg.train.eval_batches and not manifest.splits.get("eval", {}).get("samples"):
+            raise HetronError(f"the shards in {shards} hold no held-out samples, so no eval loss can be computed; "
+                              "re-run `hetron prepare --force` or set train.eval_every=0")
         self._eval: dict[str, list] = {}
         self.eval_metrics: dict[str, float] = {}
         self.metrics_writer: MetricsWriter | None = None
