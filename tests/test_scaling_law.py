@@ -13,6 +13,7 @@ from pretrain.scaling_law.fit import (
     fit_law,
     informed_start,
     predict_curve,
+    select_fit,
     select_max_iter,
 )
 from pretrain.scaling_law.forecast import forecast_final_loss
@@ -233,3 +234,50 @@ def test_authors_adamw_procedure_reproduces_the_published_fit(shared_data):
                     for n in MPL_25M_TEST])
     assert avg["mean_rel_err"] <= MPL_25M_PUBLISHED["mean_rel_err"]
     assert avg["max_rel_err"] <= MPL_25M_PUBLISHED["max_rel_err"]
+
+
+def _mpl_fit_set(loss_scale=1.0, lr_scale=1.0, noise=1e-3):
+    """Two short noisy multi-power-law curves (WSD and cosine): seconds to fit, enough to validate on."""
+    truth = MultiPowerParams(L0=3.0 * loss_scale, A=0.5 * loss_scale * lr_scale ** 0.5, alpha=0.5,
+                             B=400.0 * loss_scale / lr_scale, C=2.0 * lr_scale ** (0.6 - 1), beta=0.6, gamma=0.6)
+    law = lambda lrs, steps, W: multi_power_loss(truth, lrs, steps)  # noqa: E731
+    peak, low = 3e-4 * lr_scale, 3e-5 * lr_scale
+    specs = [ScheduleSpec(kind="wsd", peak_lr=peak, min_lr=low, warmup_steps=200, total_steps=3000, cooldown_steps=800),
+             ScheduleSpec(kind="cosine", peak_lr=peak, min_lr=low, warmup_steps=200, total_steps=3000)]
+    return [synthetic_curve(n, spec, law, every=100, noise=noise, seed=i)
+            for i, (n, spec) in enumerate(zip(("wsd", "cos"), specs))]
+
+
+def test_select_fit_scores_every_candidate_on_folds_of_the_fitting_curves_only():
+    curves = _mpl_fit_set()
+    model = law_model("mpl")
+    stops = {"adamw": (20, 60), "lbfgs": (10, 30)}
+    sel = select_fit(model, curves, stops, workers=1)
+    # 2 whole-curve folds + 2 tail folds, every candidate scored in each
+    assert sel["folds"] == 4 and len(sel["per_fold"]) == 4
+    assert {o: set(v) for o, v in sel["scores"].items()} == {o: set(v) for o, v in stops.items()}
+    best = min(v for by_k in sel["scores"].values() for v in by_k.values())
+    assert sel["max_iter"] in stops[sel["optimizer"]]
+    assert sel["validation_mean_rel_err"] == pytest.approx(best, abs=1e-6)
+    for o, by_k in sel["scores"].items():   # the score is the mean over the folds
+        for k, v in by_k.items():
+            assert v == pytest.approx(np.mean([f[o][k] for f in sel["per_fold"].values()]))
+    # forked workers give the same choice and scores
+    assert select_fit(model, curves, stops, workers=2)["scores"] == sel["scores"]
+    # fit_law("auto") refits the chosen candidate on all the curves and reports the selection
+    result = fit_law(model, curves, optimizer="auto", max_iter=30)
+    assert result.optimizer in ("adamw", "lbfgs") and result.max_iter == 30
+    assert set(result.selection["scores"]["adamw"]) == {30} and set(result.selection["scores"]["lbfgs"]) == {30}
+
+
+def test_adamw_procedure_is_the_same_in_other_loss_and_lr_units():
+    """Losses 0.6x (another vocabulary, or bits vs nats) and LRs 10x: the AdamW procedure's informed
+    start and step sizes follow the units, so its predictions are the same curve rescaled."""
+    model = law_model("mpl")
+    base = fit_law(model, _mpl_fit_set(), optimizer="adamw")
+    scaled_curves = _mpl_fit_set(loss_scale=0.6, lr_scale=10.0)
+    scaled = fit_law(model, scaled_curves, optimizer="adamw")
+    for c_base, c_scaled in zip(_mpl_fit_set(), scaled_curves):
+        np.testing.assert_allclose(predict_curve(model, scaled.params, c_scaled) / 0.6,
+                                   predict_curve(model, base.params, c_base), rtol=2e-4)
+    assert scaled.params["B"] == pytest.approx(base.params["B"] * 0.6 / 10.0, rel=0.02)

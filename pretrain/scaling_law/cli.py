@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -34,16 +35,19 @@ def fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None,
                    help="warmup steps of curves without a schedule spec (their LR is reconstructed from the log)")
     p.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA, help="annealing-law momentum")
-    p.add_argument("--optimizer", default=None, choices=("lbfgs", "adamw"),
-                   help="adamw: the multi-power-law authors' procedure (informed start, AdamW, at most 200 steps, "
+    p.add_argument("--optimizer", default=None, choices=("auto", "lbfgs", "adamw"),
+                   help="auto: choose between adamw and lbfgs (both from the informed start) and their stop by "
+                        "validation on the --fit curves alone (each held out whole, and each one's last 30%%); "
+                        "adamw: the multi-power-law authors' procedure (informed start, AdamW, at most 200 steps, "
                         "patience 20); lbfgs: L-BFGS-B from several generic starts to convergence "
-                        "(default: adamw for mpl, lbfgs for anneal)")
+                        "(default: auto for mpl, lbfgs for anneal)")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--max-iter", type=int, default=None,
-                      help="early stop: L-BFGS-B iterations or AdamW steps (default: converge / 200)")
+                      help="early stop: L-BFGS-B iterations or AdamW steps (default: converge / 200; with auto, "
+                           "fixes the stop and leaves only the optimiser to choose)")
     stop.add_argument("--select-stop", action="store_true",
-                      help="choose the early stop by validation on the --fit curves: each one's last 30%% "
-                           "held out in turn")
+                      help="with --optimizer adamw|lbfgs: choose its early stop by validation on the --fit curves "
+                           "(each one's last 30%% held out in turn); auto always chooses its stop")
     p.add_argument("--json", default=None, help="write parameters and metrics here")
     p.add_argument("--plot", default=None, help="PNG of data, fit and prediction (one per law: NAME-LAW.png with --law both)")
     return p
@@ -65,27 +69,44 @@ def run_fit(law: str, fit_curves: list[LossCurve], predict_curves: list[LossCurv
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pretrain.scaling_law.fit import default_optimizer, fit_law, predict_curve, select_max_iter
+    from pretrain.scaling_law.fit import (
+        AUTO,
+        OPTIMIZERS,
+        default_optimizer,
+        fit_law,
+        predict_curve,
+        select_fit,
+        select_max_iter,
+        validation_folds,
+    )
     from pretrain.scaling_law.models import law_model
 
     model = law_model(law, args.lam)
     optimizer = args.optimizer or default_optimizer(law)
     console = Console(stderr=True)
     selection = None
+    t0 = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
-        if args.select_stop:
-            from pretrain.scaling_law.fit import validation_folds
-
+        if optimizer == AUTO:
+            task = progress.add_task(f"{law}: choosing the optimiser and stop (validation folds)",
+                                     total=len(validation_folds(fit_curves, whole=True)))
+            stops = None if args.max_iter is None else {o: (args.max_iter,) for o in OPTIMIZERS}
+            selection = select_fit(model, fit_curves, stops, on_fold=lambda i: progress.advance(task))
+        elif args.select_stop:
             task = progress.add_task(f"{law}: choosing the early stop (validation folds)",
                                      total=len(validation_folds(fit_curves)))
             selection = select_max_iter(model, fit_curves, optimizer=optimizer,
                                         on_fold=lambda i: progress.advance(task))
         max_iter = selection["max_iter"] if selection else args.max_iter
-        starts = len(model.starts) if optimizer == "lbfgs" else 1
-        task = progress.add_task(f"{law}: fitting {len(fit_curves)} curve(s) ({optimizer})", total=starts)
-        result = fit_law(model, fit_curves, max_iter, optimizer, on_start=lambda i: progress.advance(task))
+        chosen = selection["optimizer"] if selection else optimizer
+        from_informed = optimizer == AUTO
+        starts = len(model.starts) if chosen == "lbfgs" and not from_informed else 1
+        task = progress.add_task(f"{law}: fitting {len(fit_curves)} curve(s) ({chosen})", total=starts)
+        result = fit_law(model, fit_curves, max_iter, chosen, on_start=lambda i: progress.advance(task),
+                         from_informed=from_informed)
     result.selection = selection
+    result.seconds = time.perf_counter() - t0   # selection included
     predictions = {c.name: predict_curve(model, result.params, c) for c in fit_curves + predict_curves}
     per_curve = {c.name: curve_metrics(predictions[c.name], c.loss) for c in predict_curves}
     out = {"law": law, "lambda": args.lam if law == "anneal" else None, "params": result.params,
@@ -124,8 +145,15 @@ def print_table(result: dict, fit_curves: list[LossCurve], predict_curves: list[
     console.print("params: " + ", ".join(f"{k}={v:.5g}" for k, v in result["params"].items()))
     if fit.get("selection"):
         sel = fit["selection"]
-        console.print(f"early stop chosen by validation on the fitting curves: max_iter={sel['max_iter']} "
-                      f"({sel['seconds']:.1f} s)")
+        if "scores" in sel:   # auto: optimiser and stop
+            console.print(f"chosen by validation on the fitting curves only ({sel['folds']} folds, {sel['seconds']:.1f} s): "
+                          f"{sel['optimizer']} from the informed start, max_iter={sel['max_iter']}, held-out mean rel "
+                          f"err {sel['validation_mean_rel_err']:.5f}")
+            for o, by_k in sel["scores"].items():
+                console.print(f"  {o}: " + ", ".join(f"{k}: {v:.5f}" for k, v in by_k.items()))
+        else:
+            console.print(f"early stop chosen by validation on the fitting curves: max_iter={sel['max_iter']} "
+                          f"({sel['seconds']:.1f} s)")
 
 
 def plot_path(base: str, law: str, many: bool) -> str:

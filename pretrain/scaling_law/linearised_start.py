@@ -6,7 +6,10 @@ G = 1), whose optimum sits close to the full law's L0, A, alpha and B, then star
 The simple law is fitted by L-BFGS-B (analytic gradient, same Huber-on-log-loss objective) from a
 grid: L0 within +-0.2 of the lowest loss, A and alpha within +-0.1 of a log-log line through
 (S1, loss - lowest loss + 0.01), and B at 0.03, 0.165 and 0.3 divided by the peak LR (100, 550 and
-1000 at the mpl-25M curves' 3e-4); the lowest objective wins."""
+1000 at the mpl-25M curves' 3e-4); the lowest objective wins. Those offsets are the authors', in
+nats at losses ~3.3 and LRs ~3e-4: here they are taken in the curves' own units (`loss_unit` = the
+lowest loss / 3.3, A's offsets also times (peak LR / 3e-4)^alpha), so that curves in other units or at
+another LR get the same start, rescaled."""
 from __future__ import annotations
 
 import itertools
@@ -51,6 +54,9 @@ class _SaturatedDropObjective:
         return float(value), grad
 
 
+REFERENCE_LOSS, REFERENCE_LR = 3.3044, 3e-4   # = fit.ADAMW_REFERENCE_LOSS, _LR
+
+
 def mpl_linearised_start(curves: Sequence[LossCurve], bounds: dict[str, tuple[float, float]],
                          delta: float) -> dict[str, float]:
     """Starting multi-power-law parameters (natural units) for fitting `curves` jointly within
@@ -58,11 +64,13 @@ def mpl_linearised_start(curves: Sequence[LossCurve], bounds: dict[str, tuple[fl
     objective = _SaturatedDropObjective(curves, delta)
     min_loss = float(objective.loss.min())
     peak_lr = max(float(c.lrs.max()) for c in curves)
-    slope, intercept = np.polyfit(objective.log_area, np.log(objective.loss - min_loss + 0.01), 1)
+    loss_unit, lr_unit = min_loss / REFERENCE_LOSS, peak_lr / REFERENCE_LR
+    slope, intercept = np.polyfit(objective.log_area, np.log(objective.loss - min_loss + 0.01 * loss_unit), 1)
+    a_unit = loss_unit * lr_unit ** -slope
     box = [bounds["L0"], bounds["A"], bounds["alpha"], bounds["B"]]
     lo, hi = np.array([b[0] for b in box]), np.array([b[1] for b in box])
-    grid = itertools.product(min_loss + L0_OFFSETS, np.exp(intercept) + np.asarray(A_OFFSETS),
-                             -slope + np.asarray(ALPHA_OFFSETS), np.asarray(B_TIMES_PEAK_LR) / peak_lr)
+    grid = itertools.product(min_loss + loss_unit * L0_OFFSETS, np.exp(intercept) + a_unit * np.asarray(A_OFFSETS),
+                             -slope + np.asarray(ALPHA_OFFSETS), loss_unit * np.asarray(B_TIMES_PEAK_LR) / peak_lr)
     best_value, best_x = np.inf, None
     for x0 in grid:
         x0 = np.clip(np.asarray(x0), lo, hi)
@@ -71,4 +79,6 @@ def mpl_linearised_start(curves: Sequence[LossCurve], bounds: dict[str, tuple[fl
         if res.fun < best_value:
             best_value, best_x = res.fun, res.x
     L0, A, alpha, B = (float(v) for v in best_x)
-    return {"L0": L0, "A": A, "alpha": alpha, "B": B} | LATE_PARAMS
+    # C * eta^-gamma * S_k is a pure number: C = 1 at LRs ~3e-4 is C * lr_unit^(gamma - 1) elsewhere
+    late = dict(LATE_PARAMS, C=LATE_PARAMS["C"] * lr_unit ** (LATE_PARAMS["gamma"] - 1.0))
+    return {"L0": L0, "A": A, "alpha": alpha, "B": B} | late
