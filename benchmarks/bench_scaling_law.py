@@ -2,10 +2,11 @@
 sum, and both laws on the mpl-25M curves with the authors' split (fit cosine_24000, constant_24000,
 wsdcon_9; predict the other six): per-curve, averaged and pooled R^2 / mean / worst relative error and
 fit wall time, for the fit run to convergence and for the early stop chosen by validation on the
-fitting curves only, for each optimiser (the multi-power law: its authors' AdamW procedure and
-L-BFGS-B). Everything printed is measured in this run.
+fitting curves only, for each optimiser (the multi-power law: the default "auto", which chooses the
+optimiser and stop on the fitting curves, its authors' AdamW procedure and L-BFGS-B). Everything
+printed is measured in this run. --data points it at another model size's nine curves.
 
-    .venv/bin/python benchmarks/bench_scaling_law.py [--json out.json] [--plot-dir DIR] [--quick]
+    .venv/bin/python benchmarks/bench_scaling_law.py [--json out.json] [--plot-dir DIR] [--quick] [--data DIR]
 """
 from __future__ import annotations
 
@@ -71,10 +72,18 @@ def run_law(law: str, optimizer: str, curves: dict, select: bool, whole_folds: b
 
     def fitted(max_iter: int | None) -> dict:
         result, cpu, wall = cpu_and_wall(lambda: fit_law(model, fit_curves, max_iter, optimizer))
-        return {"params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu, "fit_wall_s": wall,
-                "fit": result.metrics["average"], "test": evaluate(model, result.params, test_curves)}
+        out = {"params": result.params, "iterations": result.iterations, "fit_cpu_s": cpu, "fit_wall_s": wall,
+               "fit": result.metrics["average"], "test": evaluate(model, result.params, test_curves)}
+        if result.selection:
+            out |= {"chosen": f"{result.optimizer} {result.max_iter}", "selection": result.selection}
+        return out
 
     out = {}
+    if optimizer == "auto":   # the default: optimiser and stop chosen inside fit_law on the fitting curves
+        r = fitted(None)
+        out["auto/default"] = r
+        print_law(law, out)
+        return out
     if select:
         sel, sel_cpu, sel_wall = cpu_and_wall(
             lambda: select_max_iter(model, fit_curves, whole=whole_folds, optimizer=optimizer))
@@ -90,7 +99,9 @@ def print_law(law: str, res: dict) -> None:
     for variant, r in res.items():
         t = r["test"]
         extra = ""
-        if variant.endswith("early_stop"):
+        if "chosen" in r:
+            extra = f"  [chosen on the fitting curves: {r['chosen']}; CPU excludes the fold workers]"
+        elif variant.endswith("early_stop"):
             sel = r["selection"]
             extra = (f"  [max_iter {sel['max_iter']} chosen on the fitting curves in "
                      f"{r['selection_wall_s']:.1f} s wall / {r['selection_cpu_s']:.1f} s CPU; its validation "
@@ -122,7 +133,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="skip the early-stop selection (the slow part)")
     ap.add_argument("--laws", default="mpl,anneal")
     ap.add_argument("--optimizers", default=None,
-                    help="comma-separated, for every law (default: adamw and lbfgs for mpl, lbfgs for anneal)")
+                    help="comma-separated, for every law (default: auto, adamw and lbfgs for mpl, lbfgs for anneal)")
+    ap.add_argument("--data", default=str(DATA),
+                    help="folder of the nine curves (mpl-25M by default; the authors' csv_100 / csv_400 share its "
+                         "schedules and split)")
     ap.add_argument("--naive-every", type=int, default=64)
     ap.add_argument("--whole-folds", action="store_true",
                     help="validation also holds out each fitting curve whole (default: tails only)")
@@ -139,7 +153,7 @@ def main(argv: list[str]) -> int:
           f"largest difference {ld['max_abs_diff']:.2e} (relative {ld['max_rel_diff']:.1e})")
     print(f"RATIO naive double sum / blocked loss drop CPU time: {ld['naive_all_cpu_s_extrapolated'] / ld['fast_cpu_s']:.0f}x")
 
-    curves = load_mpl_25m(DATA)
+    curves = load_mpl_25m(args.data)
     published = evaluate(law_model("mpl"), {k: getattr(PUBLISHED_MPL_25M, k) for k in MultiPowerParams.NAMES},
                          [curves[n] for n in TEST])
     print(f"\npublished MPL parameters evaluated with this implementation: PredE "
@@ -148,7 +162,7 @@ def main(argv: list[str]) -> int:
           f"{TARGET['r2']})")
     report = {"loss_drop": ld, "published_params_here": {k: v for k, v in published.items() if k != "_preds"}}
     for law in args.laws.split(","):
-        optimizers = args.optimizers.split(",") if args.optimizers else (["adamw", "lbfgs"] if law == "mpl" else ["lbfgs"])
+        optimizers = args.optimizers.split(",") if args.optimizers else (["auto", "adamw", "lbfgs"] if law == "mpl" else ["lbfgs"])
         res = {}
         for optimizer in optimizers:
             res |= run_law(law, optimizer, curves, select=not args.quick, whole_folds=args.whole_folds)
