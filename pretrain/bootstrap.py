@@ -149,13 +149,15 @@ def _report_accelerators(info) -> None:
 def run_command(cfg: Config, module: str, rank_argv: list[str], run_rank: Callable[[], int]) -> int:
     """Inside a distributed launch: run as this rank. Outside: prepare the run here, once, then run as
     the only rank (launch.nproc=1) or spawn launch.nproc ranks of `python -m module rank_argv`."""
-    from launch.local import in_distributed_launch, spawn_ranks
+    from launch.local import free_port, in_distributed_launch, spawn_ranks
 
     if in_distributed_launch():
         return run_rank()
     prepare_run(cfg)
     if cfg.launch.nproc == 1:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        # a world of one still rendezvouses over TCP: a free port, not a fixed one another job may hold
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(cfg.launch.master_port or free_port()))
         return run_rank()
     return spawn_ranks(module, rank_argv, cfg.launch.nproc, Path(cfg.run.dir) / "logs",
                        master_port=cfg.launch.master_port, threads_per_rank=cfg.launch.threads_per_rank)
