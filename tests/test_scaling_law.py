@@ -262,12 +262,8 @@ def test_select_fit_scores_every_candidate_on_folds_of_the_fitting_curves_only()
     for o, by_k in sel["scores"].items():   # the score is the mean over the folds
         for k, v in by_k.items():
             assert v == pytest.approx(np.mean([f[o][k] for f in sel["per_fold"].values()]))
-    # forked workers give the same choice and scores
+    # forked workers give the same choice and scores (the CLI test covers the refit after the choice)
     assert select_fit(model, curves, stops, workers=2)["scores"] == sel["scores"]
-    # fit_law("auto") refits the chosen candidate on all the curves and reports the selection
-    result = fit_law(model, curves, optimizer="auto", max_iter=30)
-    assert result.optimizer in ("adamw", "lbfgs") and result.max_iter == 30
-    assert set(result.selection["scores"]["adamw"]) == {30} and set(result.selection["scores"]["lbfgs"]) == {30}
 
 
 def test_adamw_procedure_is_the_same_in_other_loss_and_lr_units():
