@@ -23,17 +23,39 @@ from parallel.ulysses import SequenceParallelPackedParams
 
 @dataclass
 class SampleLosses:
-    """Per-sample sums of token losses and token counts seen by this rank in one step."""
+    """Per-sample sums of token losses and token counts seen by this rank in one step.
 
-    sums: dict[int, float] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)
-    token_loss_sum: float = 0.0
-    token_count: int = 0
+    Everything stays on the device until the step reads it (one copy per step, after megatron's
+    forward-backward, instead of host syncs in every micro-batch's loss function)."""
+
+    sample_ids: list[torch.Tensor] = field(default_factory=list)
+    sums: list[torch.Tensor] = field(default_factory=list)
+    counts: list[torch.Tensor] = field(default_factory=list)
+    token_totals: torch.Tensor | None = None  # [sum of token losses, token count], float64
 
     def add(self, sample_ids: list[int], sums: torch.Tensor, counts: torch.Tensor) -> None:
-        for sid, s, c in zip(sample_ids, sums.tolist(), counts.tolist()):
-            self.sums[sid] = self.sums.get(sid, 0.0) + s
-            self.counts[sid] = self.counts.get(sid, 0) + int(c)
+        self.sample_ids.append(torch.tensor(sample_ids, dtype=torch.long).to(sums.device, non_blocking=True))
+        self.sums.append(sums.detach().double())
+        self.counts.append(counts.detach().double())
+
+    def add_tokens(self, loss_sum: torch.Tensor, count: torch.Tensor) -> None:
+        totals = torch.stack([loss_sum.detach().double(), count.detach().double()])
+        self.token_totals = totals if self.token_totals is None else self.token_totals + totals
+
+    def totals(self, device: torch.device) -> torch.Tensor:
+        """[sum of token losses, token count] of this rank, float64 on the device."""
+        if self.token_totals is None:
+            return torch.zeros(2, dtype=torch.float64, device=device)
+        return self.token_totals
+
+    def per_sample(self, num_samples: int, device: torch.device) -> torch.Tensor:
+        """(num_samples, 2) float64 on the device: [sum of token losses, token count] by global
+        sample index (0 for samples this rank did not see)."""
+        out = torch.zeros(num_samples, 2, dtype=torch.float64, device=device)
+        if self.sums:
+            ids = torch.cat(self.sample_ids)
+            out.index_add_(0, ids, torch.stack([torch.cat(self.sums), torch.cat(self.counts)], dim=1))
+        return out
 
 
 def per_document_sums(values: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
@@ -46,7 +68,7 @@ def per_document_sums(values: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
 
 def packed_params(mb: MicroBatch, device: torch.device, sp_groups=None) -> PackedSeqParams:
     cu = mb.cu_seqlens.to(device)
-    max_len = int((mb.cu_seqlens[1:] - mb.cu_seqlens[:-1]).max())
+    max_len = mb.max_seqlen
     if mb.sp_size > 1:
         return SequenceParallelPackedParams(
             qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len,
@@ -68,17 +90,14 @@ def loss_func(mb: MicroBatch, record: SampleLosses, sample_coefficients: torch.T
     mask = mb.loss_mask.reshape(-1).to(losses.device)
     masked = losses * mask
     detached = masked.detach()
-    doc_sums = per_document_sums(detached, mb)
-    doc_counts = per_document_sums(mask, mb)
-    record.add(mb.sample_ids, doc_sums.cpu(), doc_counts.cpu())
+    record.add(mb.sample_ids, per_document_sums(detached, mb), per_document_sums(mask, mb))
     if sample_coefficients is None:
         loss_sum = masked.sum()
     else:
         loss_sum = (masked * token_scale(mb, sample_coefficients, masked.device)).sum()
     num_tokens = mask.sum().to(torch.int)
-    record.token_loss_sum += float(detached.sum())
-    record.token_count += int(num_tokens)
     report = torch.stack([detached.sum(), mask.sum()])
+    record.add_tokens(report[0], report[1])
     return loss_sum, num_tokens, {"lm loss": report}
 
 

@@ -256,10 +256,9 @@ class Trainer:
 
     def _global_loss(self, record: SampleLosses) -> tuple[float, int]:
         # Loss sums live on the last pipeline stage; every tensor-parallel rank holds the same copy.
-        totals = torch.tensor([record.token_loss_sum, float(record.token_count)], dtype=torch.float64)
+        totals = record.totals(self.info.device).clone()
         if not self.info.is_last_stage:
             totals.zero_()
-        totals = totals.to(self.info.device)
         dist.all_reduce(totals)
         loss_sum, count = totals.tolist()
         return loss_sum / max(count, 1.0), int(round(count / self.cfg.parallel.tensor))
@@ -268,12 +267,9 @@ class Trainer:
         """(sum of token losses, token count) of every sample of the global batch, float64, the same
         on every rank: this rank's partial sums (a shard, under sequence parallelism) reduced over
         all ranks. Only the last pipeline stage holds losses; tensor-parallel ranks hold copies."""
-        local = torch.zeros(num_samples, 2, dtype=torch.float64)
-        if self.info.is_last_stage:
-            for sid, total in record.sums.items():
-                local[sid, 0] = total
-                local[sid, 1] = record.counts[sid]
-        gathered = local.to(self.info.device)
+        gathered = record.per_sample(num_samples, self.info.device)
+        if not self.info.is_last_stage:
+            gathered.zero_()
         dist.all_reduce(gathered)
         gathered = gathered.cpu() / self.cfg.parallel.tensor
         if bool((gathered[:, 1] == 0).any()):
