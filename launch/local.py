@@ -2,7 +2,9 @@
 
 Rank 0 inherits the terminal (progress bar, errors); the other ranks write to
 <run dir>/logs/rank_N.log. If any rank fails, the others are stopped and the failing rank's last
-line is shown.
+line is shown. SIGINT (Ctrl-C) or SIGTERM to the launcher is forwarded to every rank, which save a
+checkpoint at the next step boundary and exit; the launcher waits for them. A second signal kills
+the ranks at once.
 """
 from __future__ import annotations
 
@@ -44,21 +46,57 @@ def spawn_ranks(module: str, argv: list[str], nproc: int, log_dir: Path, *, mast
         # Each rank leads its own process group so a failure takes down its helpers too (megatron's
         # checkpoint writer processes), as Slurm does; otherwise orphans keep our pipes open.
         procs.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env, stdout=out, stderr=out,
-                                      start_new_session=True))
+                                      start_new_session=True, preexec_fn=_terminate_with_parent))
+    stop = _ForwardStopSignals(procs)
     try:
-        return _wait_all(procs, log_dir)
-    except KeyboardInterrupt:
-        _stop(procs)
-        raise
+        return _wait_all(procs, log_dir, stop)
     finally:
+        stop.restore()
         for f in logs:
             f.close()
 
 
-def _wait_all(procs: list[subprocess.Popen], log_dir: Path) -> int:
+class _ForwardStopSignals:
+    """While ranks run: the first SIGINT/SIGTERM is passed on to every rank (they checkpoint and
+    exit), a second one kills them."""
+
+    def __init__(self, procs: list[subprocess.Popen]):
+        self.procs = procs
+        self.received: int | None = None
+        self.killed = False
+        self.previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            print(f"launcher: {signal.Signals(signum).name}: the ranks save a checkpoint at the next step and "
+                  "stop (send it again to stop them at once)", file=sys.stderr, flush=True)
+            for p in self.procs:
+                _signal_group(p, signum)
+            return
+        self.killed = True
+        for p in self.procs:
+            _signal_group(p, signal.SIGKILL)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _wait_all(procs: list[subprocess.Popen], log_dir: Path, stop: _ForwardStopSignals) -> int:
     while True:
         codes = [p.poll() for p in procs]
-        if any(c not in (None, 0) for c in codes):
+        if stop.received is not None:
+            # a stop the user asked for: every rank saves and exits by itself (or was killed)
+            if all(c is not None for c in codes):
+                _stop(procs)  # reap helpers a rank may have left behind
+                return 128 + stop.received if stop.killed or any(c != 0 for c in codes) else 0
+        elif any(c not in (None, 0) for c in codes):
             # Ranks usually fail together (same bad input): let them finish saying so, then report
             # rank 0's own message (already on the terminal) or else the first failing rank's.
             deadline = time.time() + 3
@@ -73,10 +111,21 @@ def _wait_all(procs: list[subprocess.Popen], log_dir: Path) -> int:
                 if last:
                     print(f"rank {rank}: {last}", file=sys.stderr)
             return code
-        if all(c == 0 for c in codes):
+        elif all(c == 0 for c in codes):
             _stop(procs)  # reap helpers a rank may have left behind
             return 0
         time.sleep(0.2)
+
+
+def _terminate_with_parent() -> None:
+    """In the rank, before exec: SIGTERM when the launcher dies, even by SIGKILL (Linux), so no rank
+    trains on unowned after its launcher is gone (it saves a checkpoint and exits)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:

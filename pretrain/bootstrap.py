@@ -120,7 +120,10 @@ def start_rank(cfg: Config, *, pipeline: int | None = None, threads: int | None 
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
+        lock_run_folder(cfg)
         dump_config(cfg, run_dir / "config.yaml")
+    # SIGTERM / SIGINT: checkpoint at the next step, then exit (a second one aborts)
+    preemption.install_stop_signals()
     if "SLURM_JOB_ID" in os.environ and not preemption.installed():
         # Every rank of a Slurm job (srun from an sbatch script, too): Slurm's warning signal is a
         # checkpoint at the next step boundary, not the default action (terminate, losing the steps).
@@ -146,6 +149,15 @@ def _report_accelerators(info) -> None:
         print(f"hetron: {line}", flush=True)
 
 
+def lock_run_folder(cfg: Config) -> None:
+    """This process owns run.dir until it exits (pretrain.run_lock); before anything is written."""
+    from pretrain import run_lock
+
+    message = run_lock.acquire(Path(cfg.run.dir))
+    if message:
+        print(f"hetron: run.dir={cfg.run.dir}: {message}", flush=True)
+
+
 def run_command(cfg: Config, module: str, rank_argv: list[str], run_rank: Callable[[], int]) -> int:
     """Inside a distributed launch: run as this rank. Outside: prepare the run here, once, then run as
     the only rank (launch.nproc=1) or spawn launch.nproc ranks of `python -m module rank_argv`."""
@@ -153,6 +165,7 @@ def run_command(cfg: Config, module: str, rank_argv: list[str], run_rank: Callab
 
     if in_distributed_launch():
         return run_rank()
+    lock_run_folder(cfg)
     prepare_run(cfg)
     if cfg.launch.nproc == 1:
         # a world of one still rendezvouses over TCP: a free port, not a fixed one another job may hold

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 
 from pretrain import preemption
@@ -37,11 +38,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    from pretrain.bootstrap import prepare_run, run_command
+    from pretrain.bootstrap import lock_run_folder, prepare_run, run_command
 
     ns, overrides = parse_args(argv)
     cfg = load_config(ns.config_file, overrides)
     if ns.prepare_only:
+        lock_run_folder(cfg)
         data = prepare_run(cfg)
         print(f"prepared: shards in {data.shards.resolve()}, run folder {Path(cfg.run.dir).resolve()}", flush=True)
         return 0
@@ -73,11 +75,14 @@ def run_rank(cfg: Config) -> int:
         with progress:
             summary = trainer.fit(progress.update)
         if summary.get("preempted"):
+            signum = preemption.requested_signal() or signal.SIGUSR2
+            name = signal.Signals(signum).name
             if info.is_main:
-                print(f"stopped at step {summary['step']} on the preemption signal; checkpoint saved",
-                      flush=True)
+                print(f"stopped at step {summary['step']} on {name}; checkpoint saved in {cfg.checkpoint_dir}. "
+                      "Run the same command again to resume from it (resume=auto), or add --resume", flush=True)
             preemption.run_callback()  # under submitit, rank 0: requeue the job and exit
-            return 0
+            # Slurm's warning (USR2) ends a job step that is requeued: success; a kill or Ctrl-C stops a run
+            return 0 if signum == signal.SIGUSR2 else 128 + signum
         if info.is_main:
             _finish(cfg, summary)
         return 0

@@ -454,4 +454,4 @@ class Trainer:
         if last is None:
             return {"step": self.step, "message": "nothing to do: the run had already reached train.steps"}
         return {"step": self.step, "final_loss": last.loss, "eval_loss": eval_loss, "tokens": self.tokens_seen,
-                "tokens_per_s": sorted(rates)[len(rates) // 2], "parameters": n_params, "preempted": preempted}
+                "tokens_per_s": sorted(rates)[len(rates) // 2], "parameters": n_params, "preempted": bool(preempted)}
