@@ -25,3 +25,29 @@ def test_bad_forecast_config(tmp_path):
     proc = run_hetron(["train", f"run.dir={tmp_path}", "forecast.law=chinchilla", "forecast.every=5"])
     lines = error_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1 and "forecast.law" in lines[0]
+
+
+def test_a_forecast_on_a_background_thread_leaves_the_trainers_threads_alone():
+    # The live forecast fits on rank 0 while it trains: torch's thread count is process-wide, and a
+    # fit that set it to 1 would throttle the training step itself.
+    import threading
+
+    import numpy as np
+    import torch
+
+    from pretrain.scaling_law.forecast import forecast_final_loss
+
+    lrs = np.concatenate([np.linspace(0, 3e-4, 10), np.full(190, 3e-4)])
+    steps = np.arange(10, 120, 5)
+    losses = 3.0 + 2.0 * (steps / 10.0) ** -0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(f=forecast_final_loss(steps, losses, lrs, 10)))
+        worker.start()
+        worker.join()
+        assert result["f"] is not None and math.isfinite(result["f"].final_loss)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -17,6 +17,7 @@ bounded parameters. Two optimisers:
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -86,6 +87,16 @@ def single_blas_thread() -> None:
             if setter is not None:
                 setter(1)
                 break
+
+
+def one_compute_thread() -> None:
+    """One torch and one BLAS thread for a fit: its tensors are small, and extra threads only contend
+    for the cores. Both settings are process-wide, so a fit on a background thread (the trainer's
+    live forecast on rank 0) leaves them alone: there they would throttle the training itself."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    torch.set_num_threads(1)
+    single_blas_thread()
 
 
 def default_max_iter(optimizer: str) -> int:
@@ -315,9 +326,7 @@ def fit_paths(model: LawModel, curves: Sequence[LossCurve], max_iter: int | None
     """The optimisation paths of `optimizer` (see the module doc); AdamW runs one path from the
     informed start, or one from each extra start with only_extra. from_informed: L-BFGS-B too runs
     one path, from the informed start (what "auto" compares with AdamW)."""
-    # one thread: these tensors are small, and extra threads only contend for the cores
-    torch.set_num_threads(1)
-    single_blas_thread()
+    one_compute_thread()
     if optimizer not in OPTIMIZERS:
         raise HetronError(f"unknown optimizer {optimizer!r} (choose from {', '.join(OPTIMIZERS)})")
     max_iter = default_max_iter(optimizer) if max_iter is None else max_iter
@@ -432,8 +441,7 @@ AUTO_STOPS = {"adamw": STOP_CANDIDATES["adamw"], "lbfgs": (10, 20, 30, 50, 75, 1
 def _fold_scores(model: LawModel, train: Sequence[LossCurve], held_out: LossCurve,
                  stops: dict[str, tuple[int, ...]]) -> dict[str, dict[int, float]]:
     """One fold of `select_fit`: the held-out mean relative error of every (optimiser, stop)."""
-    torch.set_num_threads(1)
-    single_blas_thread()
+    one_compute_thread()
     start = informed_start(model, train)
     out = {}
     for o, ks in stops.items():
@@ -497,8 +505,7 @@ def select_fit(model: LawModel, curves: Sequence[LossCurve], stops: dict[str, Se
     if not folds:
         raise HetronError("choosing the optimiser by validation needs two or more fitting curves, or curves long "
                           "enough to hold out a tail (17+ points); fix it with --optimizer adamw or lbfgs")
-    torch.set_num_threads(1)
-    single_blas_thread()
+    one_compute_thread()
     t0 = time.perf_counter()
     scores = {o: {k: [] for k in v} for o, v in stops.items()}
     for i, fold_scores in enumerate(_map_folds(model, folds, stops, workers)):
