@@ -82,7 +82,7 @@ def test_requeue_example_checkpoints_on_the_signal_and_resumes_to_the_losses_of_
     assert wait_until_ended(requeue_job) == "COMPLETED", Path(f"{requeued}.log").read_text()[-3000:]
     log = Path(f"{requeued}.log").read_text()
     assert "hetron-requeue: training stopped; requeueing (requeue 1 of 1)" in log, log[-3000:]
-    stopped = re.search(r"stopped at step (\d+) on the preemption signal; checkpoint saved", log)
+    stopped = re.search(r"stopped at step (\d+) on SIGUSR2; checkpoint saved", log)
     resumed = re.search(r"resumed from \S+/step_(\d+) at step (\d+)", log)
     assert stopped and resumed, log[-3000:]
     assert int(resumed.group(1)) == int(resumed.group(2)) == int(stopped.group(1)) < 8

@@ -99,7 +99,7 @@ def test_preempted_job_is_requeued_and_resumes_to_the_same_losses(submitted, uni
     log = preempted.stdout.read_text() + preempted.stderr.read_text()
     assert [r["restarts"] for r in results] == [1, 1], log[-3000:]
     assert slurm_state(preempted.job_id).requeues == 1
-    stopped = re.search(r"stopped at step (\d+) on the preemption signal; checkpoint saved", log)
+    stopped = re.search(r"stopped at step (\d+) on SIGUSR2; checkpoint saved", log)
     resumed = re.search(r"resumed from \S+/step_(\d+) at step (\d+)", log)
     assert stopped and resumed, log[-3000:]
     assert int(resumed.group(1)) == int(resumed.group(2)) == int(stopped.group(1)) < 8
