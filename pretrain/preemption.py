@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 
 _state: dict = {"installed": set(), "requested": None, "callback": None}
+_PRIORITY = {signal.SIGINT: 1, signal.SIGTERM: 2, signal.SIGUSR2: 3}
+_BY_PRIORITY = {v: k for k, v in _PRIORITY.items()}
 
 
 def install(signum: int = signal.SIGUSR2) -> None:
@@ -26,12 +28,14 @@ def install(signum: int = signal.SIGUSR2) -> None:
     previous = signal.getsignal(signum)
 
     def on_signal(received: int, frame) -> None:
-        if _state["requested"] == received and received != signal.SIGUSR2:
+        current = _state["requested"]
+        if current == received and received != signal.SIGUSR2:
             # the second Ctrl-C / SIGTERM: no checkpoint, stop now with the default action
             signal.signal(received, signal.SIG_DFL)
             os.kill(os.getpid(), received)
             return
-        _state["requested"] = received
+        if current is None or _PRIORITY.get(received, 0) > _PRIORITY.get(current, 0):
+            _state["requested"] = received
         if callable(previous) and previous not in (signal.default_int_handler,):
             _state["callback"] = lambda: previous(received, frame)
 
@@ -40,10 +44,15 @@ def install(signum: int = signal.SIGUSR2) -> None:
 
 
 def install_stop_signals() -> None:
-    """SIGTERM and SIGINT: checkpoint at the next step boundary, then exit."""
+    """SIGTERM and SIGINT: checkpoint at the next step boundary, then exit. A SIGTERM handler that
+    is already there is left alone: submitit's, which ignores the SIGTERM that Slurm sends before the
+    USR2 of a preemption (the USR2 then checkpoints and requeues)."""
     for signum in (signal.SIGTERM, signal.SIGINT):
-        if signum not in _state["installed"]:
-            install(signum)
+        if signum in _state["installed"]:
+            continue
+        if signum == signal.SIGTERM and callable(signal.getsignal(signum)):
+            continue
+        install(signum)
 
 
 def installed(signum: int = signal.SIGUSR2) -> bool:
@@ -60,12 +69,13 @@ def stop_agreed(device: torch.device | str) -> int:
     collective: call it on all ranks."""
     if not _state["installed"]:
         return 0
-    flag = torch.tensor([_state["requested"] or 0], dtype=torch.int32, device=device)
+    # Slurm's warning outranks a kill: a preempted job that also got SIGTERM is requeued
+    flag = torch.tensor([_PRIORITY.get(_state["requested"], 0)], dtype=torch.int32, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    agreed = int(flag.item())
-    if agreed and _state["requested"] is None:
-        _state["requested"] = agreed  # another rank was signalled: a signal here now aborts at once
+    agreed = _BY_PRIORITY.get(int(flag.item()), 0)
+    if agreed:
+        _state["requested"] = agreed  # the same on every rank (a later signal here aborts at once)
     return agreed
 
 
