@@ -155,10 +155,16 @@ class GlobalBatchLoader:
             return sample
         return read_sample(self.stream.next_item(), str(self.split_dir))
 
-    def next_batch(self) -> list[np.ndarray]:
+    def next_batch(self, *, within_epoch: bool = False) -> list[np.ndarray]:
+        """The next global batch; within_epoch: end it early (possibly empty) rather than take a
+        sample of the next epoch."""
         batch, tokens = [], 0
+        epoch = self.stream.epoch
         while True:
             sample = self._next_sample()
+            if within_epoch and self.stream.epoch != epoch:
+                self._lookahead = sample
+                return batch
             n = len(sample) - 1
             if batch and tokens + n > self.token_budget:
                 self._lookahead = sample
@@ -184,23 +190,10 @@ def eval_batches(split_dir: Path, token_budget: int, count: int) -> list[list[np
     a batch with a sample twice, and never no batch (an empty split is an error)."""
     loader = GlobalBatchLoader(split_dir, token_budget, seed=0, shuffle=False)
     out: list[list[np.ndarray]] = []
-    batch, tokens = [], 0
-    while len(out) < count:
-        item = loader.stream.next_item()
-        if loader.stream.epoch > 0:  # the whole split has been read
-            break
-        sample = read_sample(item, str(split_dir))
-        n = len(sample) - 1
-        if batch and tokens + n > token_budget:
+    while len(out) < count and loader.stream.epoch == 0:
+        batch = loader.next_batch(within_epoch=True)
+        if batch:
             out.append(batch)
-            batch, tokens = [], 0
-            if len(out) == count:
-                break
-        batch.append(sample)
-        tokens += n
-        loader.stream.sample_in_epoch += 1
-    if batch and len(out) < count:
-        out.append(batch)
     if not out:
         raise HetronError(f"the held-out split {split_dir} holds no sample; re-run `hetron prepare --force` "
                           "(or set train.eval_every=0)")
