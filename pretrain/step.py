@@ -31,22 +31,18 @@ class SampleLosses:
     sample_ids: list[torch.Tensor] = field(default_factory=list)
     sums: list[torch.Tensor] = field(default_factory=list)
     counts: list[torch.Tensor] = field(default_factory=list)
-    token_totals: torch.Tensor | None = None  # [sum of token losses, token count], float64
 
     def add(self, sample_ids: list[int], sums: torch.Tensor, counts: torch.Tensor) -> None:
         self.sample_ids.append(torch.tensor(sample_ids, dtype=torch.long).to(sums.device, non_blocking=True))
         self.sums.append(sums.detach().double())
         self.counts.append(counts.detach().double())
 
-    def add_tokens(self, loss_sum: torch.Tensor, count: torch.Tensor) -> None:
-        totals = torch.stack([loss_sum.detach().double(), count.detach().double()])
-        self.token_totals = totals if self.token_totals is None else self.token_totals + totals
-
     def totals(self, device: torch.device) -> torch.Tensor:
-        """[sum of token losses, token count] of this rank, float64 on the device."""
-        if self.token_totals is None:
+        """[sum of token losses, token count] of this rank, float64 on the device (padding holds
+        neither, so these are the per-sample sums added up)."""
+        if not self.sums:
             return torch.zeros(2, dtype=torch.float64, device=device)
-        return self.token_totals
+        return torch.stack([torch.cat(self.sums).sum(), torch.cat(self.counts).sum()])
 
     def per_sample(self, num_samples: int, device: torch.device) -> torch.Tensor:
         """(num_samples, 2) float64 on the device: [sum of token losses, token count] by global
@@ -58,10 +54,11 @@ class SampleLosses:
         return out
 
 
-def per_document_sums(values: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+def per_document_sums(values: torch.Tensor, mb: MicroBatch, doc: torch.Tensor | None = None) -> torch.Tensor:
     """Sums of per-token `values` of this rank's tokens by document (the micro-batch's sample_ids order).
-    Under sequence parallelism these are partial sums: the group's other ranks hold the rest."""
-    doc = mb.local_document_index().to(values.device)
+    Under sequence parallelism these are partial sums: the group's other ranks hold the rest.
+    `doc`: mb.local_document_index() on values' device, when the caller has it already."""
+    doc = mb.local_document_index().to(values.device) if doc is None else doc
     sums = torch.zeros(len(mb.cu_seqlens) - 1, dtype=values.dtype, device=values.device).index_add_(0, doc, values)
     return sums[:len(mb.sample_ids)]
 
@@ -77,11 +74,12 @@ def packed_params(mb: MicroBatch, device: torch.device, sp_groups=None) -> Packe
                            max_seqlen_kv=max_len)
 
 
-def token_scale(mb: MicroBatch, sample_coefficients: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Every token's coefficient: its sample's, 0 on padding (the segment after the samples)."""
+def token_scale(mb: MicroBatch, sample_coefficients: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+    """Every token's coefficient: its sample's, 0 on padding (the segment after the samples);
+    `doc` is mb.local_document_index() on the device."""
     per_doc = torch.zeros(len(mb.cu_seqlens) - 1, dtype=torch.float32)
     per_doc[:len(mb.sample_ids)] = sample_coefficients[mb.sample_ids].float()
-    return per_doc[mb.local_document_index()].to(device)
+    return per_doc.to(doc.device)[doc]
 
 
 def loss_func(mb: MicroBatch, record: SampleLosses, sample_coefficients: torch.Tensor | None,
@@ -90,14 +88,14 @@ def loss_func(mb: MicroBatch, record: SampleLosses, sample_coefficients: torch.T
     mask = mb.loss_mask.reshape(-1).to(losses.device)
     masked = losses * mask
     detached = masked.detach()
-    record.add(mb.sample_ids, per_document_sums(detached, mb), per_document_sums(mask, mb))
+    doc = mb.local_document_index().to(losses.device)
+    record.add(mb.sample_ids, per_document_sums(detached, mb, doc), per_document_sums(mask, mb, doc))
     if sample_coefficients is None:
         loss_sum = masked.sum()
     else:
-        loss_sum = (masked * token_scale(mb, sample_coefficients, masked.device)).sum()
+        loss_sum = (masked * token_scale(mb, sample_coefficients, doc)).sum()
     num_tokens = mask.sum().to(torch.int)
     report = torch.stack([detached.sum(), mask.sum()])
-    record.add_tokens(report[0], report[1])
     return loss_sum, num_tokens, {"lm loss": report}
 
 
