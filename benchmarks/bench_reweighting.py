@@ -25,7 +25,8 @@ def main() -> int:
     if args.quick:
         args.steps = min(args.steps, 2)
         overrides = ["data.global_batch_tokens=4096", *overrides]
-    from pretrain.reweighting import LossReweighting, ReweightConfig
+    from pretrain.config import ReweightConfig
+    from pretrain.reweighting import LossReweighting
     from pretrain.step import SampleLosses
 
     algo = LossReweighting(ReweightConfig(strategy="linupper", r=0.4))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: torch is imported by the algorithms that compute with it
+    import torch
 
-if TYPE_CHECKING:
     from pretrain.trainer import Trainer
 
 

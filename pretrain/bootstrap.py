@@ -14,13 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from pretrain import preemption
 from pretrain.config import Config, dump_config
 from pretrain.errors import ConfigError, HetronError
 
 
 class PreparedData(NamedTuple):
-    arch: object  # pretrain.model.Architecture
+    arch: object  # pretrain.architecture.Architecture
     shards: Path
     manifest: object  # data.prepare.Manifest
 
@@ -56,7 +55,7 @@ def prepare_run(cfg: Config, *, check_resume: bool = True) -> PreparedData:
     corpora, checks, run folder with the resolved config. check_resume=False (a submission): whether
     there is a checkpoint to resume from is the job's to find out when it starts."""
     from data.shard_cache import ensure_shards
-    from pretrain.model import resolve_model
+    from pretrain.architecture import resolve_model
 
     arch = resolve_model(cfg.model, cfg.parallel)
     shards, manifest = ensure_shards(cfg.data, arch.seq_length, progress=cfg.run.progress)
@@ -78,7 +77,7 @@ def load_prepared(cfg: Config) -> PreparedData:
     one line naming it and the `hetron prepare` command that writes it."""
     from data.prepare import MANIFEST, TOKENIZER
     from data.shard_cache import missing_shards_error, prepare_command, require_shards
-    from pretrain.model import resolve_model
+    from pretrain.architecture import resolve_model
 
     arch = resolve_model(cfg.model, cfg.parallel)
     shards, manifest = require_shards(cfg.data, arch.seq_length)
@@ -113,6 +112,7 @@ def start_rank(cfg: Config, *, pipeline: int | None = None, threads: int | None 
     """This process as one rank of the launch: prepared data loaded (before any collective, so a bad
     input fails every rank at once), run folder and config (rank 0), the preemption handler under
     Slurm, then the process group. -> (RankInfo, PreparedData)."""
+    from pretrain import preemption
     from pretrain.distributed import init_distributed
 
     data = load_prepared(cfg)

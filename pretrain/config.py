@@ -1,5 +1,8 @@
 """The run config: typed dataclasses, loaded from YAML, overridden by `dotted.key=value` arguments,
-validated before any work. Every error names the dotted key and what is allowed."""
+validated before any work. Every error names the dotted key and what is allowed.
+
+Pure Python (no torch, megatron-core or streaming): `hetron train --help` and a bad key answer before
+any of those is imported (tests/test_cli_startup.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +16,6 @@ from typing import Any
 import yaml
 
 from pretrain.errors import ConfigError
-from pretrain.lisa import LisaConfig
-from pretrain.live_forecast import ForecastConfig
-from pretrain.reweighting import ReweightConfig
 from pretrain.schedules import ScheduleSpec
 from pretrain.stages import ReplayConfig, StageConfig, fill_stage_defaults, validate_stages
 
@@ -35,7 +35,7 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture. `preset` fills every field left at None (see pretrain.model.PRESETS)."""
+    """Architecture. `preset` fills every field left at None (see pretrain.architecture.PRESETS)."""
 
     preset: str = "tiny"
     num_layers: int | None = None
@@ -115,6 +115,86 @@ class SequenceParallelConfig:
     cost_model: str = "auto"
     time_budget_s: float = 0.05  # hard limit of the per-step solve (planned a step ahead)
     solver: str = "highs"  # highs | cbc | none (fast path only)
+
+
+REWEIGHT_STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
+REWEIGHT_OBJECTIVES = ("tokens", "samples")
+
+
+@dataclass
+class ReweightConfig:
+    """Loss-based sample reweighting (pretrain.reweighting)."""
+
+    strategy: str = "uniform"  # uniform (off) | linupper | quadratic | extremes
+    r: float = 0.4  # strength / temperature: smaller is sharper; inf gives uniform weights
+    delta: float = 1.0
+    burn_in_steps: int = 0  # plain uniform weights for the first steps
+    r_warmup: int = 0  # after burn-in, this many steps at r_warmup_value before r
+    r_warmup_value: float = 100.0
+    objective: str = "tokens"  # tokens: sum_i w_i (n_i / mean n) l_i | samples: sum_i w_i l_i
+
+    def validate(self, prefix: str = "reweight") -> None:
+        if self.strategy not in REWEIGHT_STRATEGIES:
+            raise ConfigError(f"{prefix}.strategy={self.strategy!r} is not one of {', '.join(REWEIGHT_STRATEGIES)}")
+        if not self.r > 0:
+            raise ConfigError(f"{prefix}.r={self.r} must be positive (inf for uniform weights)")
+        if not self.delta > 0:
+            raise ConfigError(f"{prefix}.delta={self.delta} must be positive")
+        if self.burn_in_steps < 0 or self.r_warmup < 0:
+            raise ConfigError(f"{prefix}.burn_in_steps and {prefix}.r_warmup must be >= 0")
+        if self.objective not in REWEIGHT_OBJECTIVES:
+            raise ConfigError(f"{prefix}.objective={self.objective!r} is not one of {', '.join(REWEIGHT_OBJECTIVES)}")
+        if not self.r_warmup_value > 0:
+            raise ConfigError(f"{prefix}.r_warmup_value={self.r_warmup_value} must be positive")
+
+    @property
+    def enabled(self) -> bool:
+        return self.strategy != "uniform"
+
+
+LISA_STATE_POLICIES = ("reset", "offload")
+
+
+@dataclass
+class LisaConfig:
+    """LISA layer sampling (pretrain.lisa)."""
+
+    layers: int = 0  # gamma: transformer layers trained per interval (per pipeline stage); 0 = LISA off
+    interval: int = 20  # K: steps between switches
+    state: str = "reset"  # reset | offload: optimizer state of a layer that leaves
+
+    @property
+    def enabled(self) -> bool:
+        return self.layers > 0
+
+    def validate(self, num_layers: int, pipeline: int = 1, prefix: str = "lisa") -> None:
+        if self.layers < 0:
+            raise ConfigError(f"{prefix}.layers={self.layers} must be >= 0 (0 turns LISA off)")
+        if self.interval < 1:
+            raise ConfigError(f"{prefix}.interval={self.interval} must be >= 1 (steps between layer switches)")
+        if self.state not in LISA_STATE_POLICIES:
+            raise ConfigError(f"{prefix}.state={self.state!r} is not one of {', '.join(LISA_STATE_POLICIES)}")
+        if self.layers > num_layers:
+            raise ConfigError(f"{prefix}.layers={self.layers} is larger than the model's {num_layers} layers "
+                              f"(model.num_layers); use at most {num_layers}")
+        per_stage = num_layers // max(pipeline, 1)
+        if self.enabled and pipeline > 1 and self.layers > per_stage:
+            raise ConfigError(f"{prefix}.layers={self.layers} is larger than the {per_stage} layers of each of the "
+                              f"{pipeline} pipeline stages (LISA samples per stage); use at most {per_stage}")
+
+
+@dataclass
+class ForecastConfig:
+    """The live scaling-law forecast (pretrain.live_forecast)."""
+
+    every: int = 0  # 0: off
+    law: str = "mpl"  # mpl (multi-power) | anneal
+
+    def validate(self, prefix: str = "forecast") -> None:
+        if self.every < 0:
+            raise ConfigError(f"{prefix}.every={self.every} must be >= 0 (0 disables the forecast)")
+        if self.law not in ("mpl", "anneal"):
+            raise ConfigError(f"{prefix}.law={self.law!r} is not one of mpl, anneal")
 
 
 @dataclass
@@ -352,7 +432,7 @@ def validate(cfg: Config) -> None:
     if cfg.reweight.enabled and cfg.parallel.pipeline > 1:
         raise ConfigError(f"reweight.strategy={cfg.reweight.strategy!r} needs parallel.pipeline=1 (the weights of a "
                           "global batch are computed before its backward, which pipeline schedules interleave)")
-    from pretrain.model import resolve_model  # validates the architecture against the data settings
+    from pretrain.architecture import resolve_model  # validates the architecture against the data settings
 
     arch = resolve_model(cfg.model, cfg.parallel)
     cfg.lisa.validate(arch.num_layers, cfg.parallel.pipeline)

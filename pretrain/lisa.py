@@ -21,44 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from pretrain.algorithm import Algorithm
+from pretrain.config import LisaConfig
+from pretrain.errors import HetronError
 from pretrain.optimizer_state import set_step_count, step_count
-from pretrain.errors import ConfigError, HetronError
 
-POLICIES = ("reset", "offload")
 LAYER_PREFIX = "decoder.layers."
-
-
-@dataclass
-class LisaConfig:
-    layers: int = 0  # gamma: transformer layers trained per interval (per pipeline stage); 0 = LISA off
-    interval: int = 20  # K: steps between switches
-    state: str = "reset"  # reset | offload: optimizer state of a layer that leaves
-
-    @property
-    def enabled(self) -> bool:
-        return self.layers > 0
-
-    def validate(self, num_layers: int, pipeline: int = 1, prefix: str = "lisa") -> None:
-        if self.layers < 0:
-            raise ConfigError(f"{prefix}.layers={self.layers} must be >= 0 (0 turns LISA off)")
-        if self.interval < 1:
-            raise ConfigError(f"{prefix}.interval={self.interval} must be >= 1 (steps between layer switches)")
-        if self.state not in POLICIES:
-            raise ConfigError(f"{prefix}.state={self.state!r} is not one of {', '.join(POLICIES)}")
-        if self.layers > num_layers:
-            raise ConfigError(f"{prefix}.layers={self.layers} is larger than the model's {num_layers} layers "
-                              f"(model.num_layers); use at most {num_layers}")
-        per_stage = num_layers // max(pipeline, 1)
-        if self.enabled and pipeline > 1 and self.layers > per_stage:
-            raise ConfigError(f"{prefix}.layers={self.layers} is larger than the {per_stage} layers of each of the "
-                              f"{pipeline} pipeline stages (LISA samples per stage); use at most {per_stage}")
 
 
 # ----------------------------------------------------------------------------------- pure core

@@ -5,22 +5,9 @@ schedule's last step) to metrics.jsonl, the progress bar and the loss plot."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 from pretrain.algorithm import Algorithm
-from pretrain.errors import ConfigError
-
-
-@dataclass
-class ForecastConfig:
-    every: int = 0  # 0: off
-    law: str = "mpl"  # mpl (multi-power) | anneal
-
-    def validate(self, prefix: str = "forecast") -> None:
-        if self.every < 0:
-            raise ConfigError(f"{prefix}.every={self.every} must be >= 0 (0 disables the forecast)")
-        if self.law not in ("mpl", "anneal"):
-            raise ConfigError(f"{prefix}.law={self.law!r} is not one of mpl, anneal")
+from pretrain.config import ForecastConfig
 
 
 class LiveForecast(Algorithm):

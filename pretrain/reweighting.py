@@ -15,44 +15,12 @@ forward-backward with each token's loss scaled by its sample's coefficient (toke
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from pretrain.algorithm import Algorithm
-from pretrain.errors import ConfigError, HetronError
-
-STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
-OBJECTIVES = ("tokens", "samples")
-
-
-@dataclass
-class ReweightConfig:
-    strategy: str = "uniform"  # uniform (off) | linupper | quadratic | extremes
-    r: float = 0.4  # strength / temperature: smaller is sharper; inf gives uniform weights
-    delta: float = 1.0
-    burn_in_steps: int = 0  # plain uniform weights for the first steps
-    r_warmup: int = 0  # after burn-in, this many steps at r_warmup_value before r
-    r_warmup_value: float = 100.0
-    objective: str = "tokens"  # tokens: sum_i w_i (n_i / mean n) l_i | samples: sum_i w_i l_i
-
-    def validate(self, prefix: str = "reweight") -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"{prefix}.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
-        if not self.r > 0:
-            raise ConfigError(f"{prefix}.r={self.r} must be positive (inf for uniform weights)")
-        if not self.delta > 0:
-            raise ConfigError(f"{prefix}.delta={self.delta} must be positive")
-        if self.burn_in_steps < 0 or self.r_warmup < 0:
-            raise ConfigError(f"{prefix}.burn_in_steps and {prefix}.r_warmup must be >= 0")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"{prefix}.objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
-        if not self.r_warmup_value > 0:
-            raise ConfigError(f"{prefix}.r_warmup_value={self.r_warmup_value} must be positive")
-
-    @property
-    def enabled(self) -> bool:
-        return self.strategy != "uniform"
+from pretrain.config import ReweightConfig
+from pretrain.errors import HetronError
 
 
 def strategy_scores(h: torch.Tensor, strategy: str, delta: float) -> torch.Tensor:

@@ -12,7 +12,6 @@ import json
 import signal
 from pathlib import Path
 
-from pretrain import preemption
 from pretrain.arg_parser import OneLineErrorParser
 from pretrain.config import Config, load_config
 
@@ -38,10 +37,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    from pretrain.bootstrap import lock_run_folder, prepare_run, run_command
-
     ns, overrides = parse_args(argv)
     cfg = load_config(ns.config_file, overrides)
+    from pretrain.bootstrap import lock_run_folder, prepare_run, run_command  # after the checks: imports torch
+
     if ns.prepare_only:
         lock_run_folder(cfg)
         data = prepare_run(cfg)
@@ -52,6 +51,7 @@ def main(argv: list[str]) -> int:
 
 
 def run_rank(cfg: Config) -> int:
+    from pretrain import preemption
     from pretrain.algorithms import build_algorithms
     from pretrain.bootstrap import start_rank
     from pretrain.distributed import shutdown

@@ -18,7 +18,7 @@ class HetronTrain:
     def plan(self, config: str | None, overrides: list[str]) -> RunPlan:
         from data.shard_cache import shards_dir
         from pretrain.config import RunConfig, load_config
-        from pretrain.model import resolve_model
+        from pretrain.architecture import resolve_model
 
         cfg = load_config(config, list(overrides))
         seq_length = resolve_model(cfg.model, cfg.parallel).seq_length

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -25,11 +26,12 @@ from parallel.ulysses import SequenceParallelGroups
 from pretrain import checkpoint as ckpt
 from pretrain import preemption
 from pretrain.algorithm import Algorithm
+from pretrain.architecture import Architecture, count_parameters
 from pretrain.config import Config
 from pretrain.distributed import RankInfo, rng_state, seed_everything, set_rng_state
 from pretrain.errors import HetronError
 from pretrain.metrics import MetricsWriter
-from pretrain.model import Architecture, build_gpt_model, count_parameters
+from pretrain.model import build_gpt_model
 from pretrain.optimizer_state import apply_lr_and_weight_decay
 from pretrain.stages import StagePlan
 from pretrain.step import SampleLosses, make_forward_step
@@ -331,7 +333,7 @@ class Trainer:
             print(f"hetron: sp.cost_model={sp.cost_model}: {self.sp_cost_model.source}, not measured here; plans use "
                   "its relative costs and sp_predicted_ms_uncalibrated is no step-time prediction. Measure this "
                   "model with `hetron calibrate` and set sp.cost_model=FILE.json", flush=True)
-        self.sp_groups = SequenceParallelGroups(self.sp_sizes)
+        self.sp_groups = SequenceParallelGroups(self.sp_sizes, timeout=timedelta(seconds=self.cfg.launch.timeout_s))
         self.loader = PlannedBatches(self.loader, self._make_plan, is_main=self.info.is_main)
 
     def _make_plan(self, lengths, solver: str | None = None):

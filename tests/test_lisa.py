@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from pretrain.errors import ConfigError
-from pretrain.lisa import LisaConfig, layer_index, sample_layers, trainable
+from pretrain.config import LisaConfig
+from pretrain.lisa import layer_index, sample_layers, trainable
 
 LAYERS = 4  # transformer layers of the test model
 SMALL = ["model.num_layers=4", "model.hidden_size=64", "model.num_attention_heads=4", "model.ffn_hidden_size=128",

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pretrain.errors import HetronError
-from pretrain.reweighting import LossReweighting, ReweightConfig, sample_weights, token_coefficients, weight_statistics
+from pretrain.config import ReweightConfig
+from pretrain.reweighting import LossReweighting, sample_weights, token_coefficients, weight_statistics
 
 
 def numpy_reference(losses, strategy, r, delta=1.0):
