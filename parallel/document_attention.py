@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 
+from parallel.rope_scaling import scaled_inverse_frequencies
 from parallel.ulysses import gather_heads_scatter_sequence, scatter_heads_gather_sequence
 
 try:  # optional accelerator
@@ -113,9 +114,11 @@ class DocumentAttention(MegatronModule):
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         rope_base = getattr(config, "hetron_rotary_base", None)
-        self.register_buffer(
-            "inv_freq", rotary_inverse_frequencies(self.head_dim, rope_base) if rope_base else None, persistent=False
-        )
+        inv_freq = None
+        if rope_base:
+            inv_freq = scaled_inverse_frequencies(rotary_inverse_frequencies(self.head_dim, rope_base),
+                                                  getattr(config, "hetron_rope_scaling", None))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
