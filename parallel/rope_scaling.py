@@ -43,8 +43,9 @@ def check_rope_scaling(scaling, key: str = "model.rope_scaling") -> None:
                           f"low_freq_factor={scaling['low_freq_factor']}")
 
 
-def scaled_inverse_frequencies(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
-    """inv_freq with the scaling applied (unchanged for 'default')."""
+def scaled_inverse_frequencies(inv_freq, scaling: dict | None):
+    """inv_freq (a float tensor) with the scaling applied (unchanged for 'default'). torch is imported
+    here only: config validation uses this module before torch is loaded."""
     import torch
 
     if rope_type(scaling) == "default":

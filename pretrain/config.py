@@ -52,6 +52,11 @@ class ModelConfig:
     tie_embeddings: bool = False
     dropout: float = 0.0
     spec: str = "auto"  # auto (TE when importable on GPU) | local | te
+    # Set from the Hugging Face config.json by init_from=hf:DIR (pretrain/hf); megatron's defaults otherwise.
+    vocab_size: int | None = None  # embedding rows before padding; None: the tokenizer's vocabulary
+    norm_epsilon: float = 1e-5
+    qkv_bias: bool = False  # bias on the query/key/value projection only (Qwen2)
+    rope_scaling: dict | None = None  # Hugging Face's rope_scaling dict (rope_type default | llama3)
 
 
 @dataclass
@@ -389,6 +394,10 @@ def load_config(config_file: str | None = None, overrides: list[str] = ()) -> Co
             schedule.setdefault("warmup_steps", schedule["total_steps"] // 10)
         tree["schedule"] = schedule
     config = _build(Config, tree, "")
+    if config.init_from.startswith("hf:"):
+        from pretrain.hf.hf_config import apply_hf_model
+
+        apply_hf_model(config)  # the architecture (and default tokenizer) of the Hugging Face model
     validate(config)
     return config
 
@@ -432,6 +441,11 @@ def validate(cfg: Config) -> None:
     if cfg.reweight.enabled and cfg.parallel.pipeline > 1:
         raise ConfigError(f"reweight.strategy={cfg.reweight.strategy!r} needs parallel.pipeline=1 (the weights of a "
                           "global batch are computed before its backward, which pipeline schedules interleave)")
+    if cfg.model.vocab_size is not None:
+        positive("model.vocab_size", cfg.model.vocab_size)
+    from parallel.rope_scaling import check_rope_scaling
+
+    check_rope_scaling(cfg.model.rope_scaling)
     from pretrain.architecture import resolve_model  # validates the architecture against the data settings
 
     arch = resolve_model(cfg.model, cfg.parallel)

@@ -49,6 +49,8 @@ def transformer_config(arch: Architecture, cfg, *, bf16: bool):
         hidden_dropout=cfg.model.dropout,
         attention_dropout=cfg.model.dropout,
         init_method_std=cfg.model.init_method_std,
+        layernorm_epsilon=cfg.model.norm_epsilon,
+        add_qkv_bias=cfg.model.qkv_bias,
         tensor_model_parallel_size=cfg.parallel.tensor,
         pipeline_model_parallel_size=cfg.parallel.pipeline,
         sequence_parallel=False,
@@ -67,6 +69,7 @@ def transformer_config(arch: Architecture, cfg, *, bf16: bool):
     )
     # Read by DocumentAttention: RoPE per document inside the core attention (see its docstring).
     tc.hetron_rotary_base = cfg.model.rotary_base if arch.position_embedding == "rope" else None
+    tc.hetron_rope_scaling = cfg.model.rope_scaling
     return tc
 
 
@@ -78,7 +81,8 @@ def build_gpt_model(cfg, arch: Architecture, vocab_size: int, *, bf16: bool, pre
     model = GPTModel(
         config=tc,
         transformer_layer_spec=transformer_layer_spec(arch, cfg.model.spec),
-        vocab_size=padded_vocab_size(vocab_size, cfg.parallel.tensor),
+        # model.vocab_size (an imported model's embedding rows) may exceed the tokenizer's vocabulary.
+        vocab_size=padded_vocab_size(cfg.model.vocab_size or vocab_size, cfg.parallel.tensor),
         max_sequence_length=arch.seq_length,
         pre_process=pre_process,
         post_process=post_process,

@@ -181,5 +181,8 @@ def validate_stages(cfg) -> None:
         raise ConfigError("replay.fraction > 0 needs an earlier stage: a second stage, or init_from=PATH")
     if cfg.init_optimizer not in ("keep", "reset"):
         raise ConfigError(f"init_optimizer={cfg.init_optimizer!r} is not one of keep, reset")
-    if cfg.init_from and not Path(cfg.init_from).exists():
+    if cfg.replay.fraction > 0 and len(cfg.stages) < 2 and cfg.init_from.startswith("hf:"):
+        raise ConfigError(f"replay.fraction > 0 needs an earlier stage, and init_from={cfg.init_from} brings weights "
+                          "only (no hetron data to replay); add a stage before it")
+    if cfg.init_from and not cfg.init_from.startswith("hf:") and not Path(cfg.init_from).exists():
         raise ConfigError(f"init_from={cfg.init_from!r}: no such checkpoint or run folder")
