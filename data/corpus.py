@@ -13,6 +13,23 @@ from pretrain.errors import HetronError
 STDLIB = "stdlib"
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".c", ".h", ".cc", ".cpp", ".hpp", ".json", ".toml", ".cfg", ".sh")
 
+# The recipe configs (configs/125m.yaml, 1b, 7b) name their corpus /path/to/corpus.jsonl: a value to replace.
+PLACEHOLDER_PREFIX = "/path/to/"
+JSONL_SUFFIXES = (".jsonl", ".json")
+
+
+def corpus_problem(corpus: str) -> str | None:
+    """Why `corpus` cannot be read, to follow its key in a message; None when it can."""
+    if corpus == STDLIB:
+        return None
+    if corpus.startswith(PLACEHOLDER_PREFIX):
+        return "is the recipe's placeholder: give your corpus (a directory of text files or a .jsonl file)"
+    if not Path(corpus).exists():
+        return "does not exist (give a directory, a .jsonl file, or 'stdlib')"
+    if Path(corpus).is_file() and Path(corpus).suffix not in JSONL_SUFFIXES:
+        return "is a file but not JSONL (.jsonl); give a directory or a .jsonl file"
+    return None
+
 
 @dataclass(frozen=True)
 class Document:
@@ -42,8 +59,9 @@ def iter_documents(corpus: str, text_field: str = "text") -> Iterator[Document]:
         root, suffixes = stdlib_root(), (".py",)
     else:
         root, suffixes = Path(corpus), TEXT_SUFFIXES
-        if not root.exists():
-            raise HetronError(f"corpus {corpus!r} does not exist (give a directory, a .jsonl file, or 'stdlib')")
+        problem = corpus_problem(corpus)
+        if problem:
+            raise HetronError(f"corpus {corpus!r} {problem}")
     if root.is_file():
         yield from _iter_jsonl(root, text_field)
         return
@@ -54,7 +72,7 @@ def iter_documents(corpus: str, text_field: str = "text") -> Iterator[Document]:
 
 
 def _iter_jsonl(path: Path, text_field: str) -> Iterator[Document]:
-    if path.suffix not in (".jsonl", ".json"):
+    if path.suffix not in JSONL_SUFFIXES:
         raise HetronError(f"corpus file {path} is not JSONL (.jsonl); give a directory or a .jsonl file")
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

@@ -8,7 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
-from data.corpus import STDLIB
+from data.corpus import STDLIB, corpus_problem
 from data.prepare import MANIFEST, Manifest, prepare_shards
 from pretrain.errors import HetronError
 
@@ -77,6 +77,9 @@ def ensure_shards(data_cfg, max_context: int, progress: bool = True) -> tuple[Pa
         return shards, Manifest.load(shards)
     shards = shards_dir(data_cfg, max_context)
     if not (shards / MANIFEST).is_file():
+        problem = corpus_problem(data_cfg.corpus)
+        if problem:  # before saying that it is being prepared
+            raise HetronError(f"data.corpus={data_cfg.corpus} {problem}")
         if progress:
             print(f"preparing shards of corpus {data_cfg.corpus!r} in {shards} (once)", flush=True)
         prepare_shards(data_cfg.corpus, shards, vocab_size=data_cfg.vocab_size, max_context=max_context,

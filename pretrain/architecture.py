@@ -87,3 +87,23 @@ def count_parameters(arch: Architecture, vocab_size: int, tie: bool = False) -> 
     embed = vocab_size * h * (1 if tie else 2)
     pos = arch.seq_length * h if arch.position_embedding == "learned" else 0
     return L * per_layer + embed + pos + h
+
+
+def matmul_parameters(arch: Architecture, vocab_size: int) -> int:
+    """Parameters that enter a matrix multiply for every token: each layer's attention and MLP projections
+    and the output head (the input embedding is a lookup; norms and biases are negligible)."""
+    h, f = arch.hidden_size, arch.ffn_hidden_size
+    kv = arch.num_query_groups * arch.head_dim
+    attn = h * (h + 2 * kv) + h * h
+    mlp = (3 if arch.activation == "swiglu" else 2) * h * f
+    return arch.num_layers * (attn + mlp) + vocab_size * h
+
+
+def training_flops_per_token(arch: Architecture, vocab_size: int) -> int:
+    """Model FLOPs of one trained token, forward and backward, without recomputation: 6 per matmul
+    parameter, plus attention's scores and weighted values, 12 * layers * seq_length * hidden (a forward
+    of 4 * seq_length * hidden per layer, the backward twice that), over the whole sequence as PaLM
+    (Chowdhery et al. 2022, appendix B) and Megatron-LM count it, whatever the documents' masks skip.
+    `vocab_size`: the padded vocabulary the output head multiplies by."""
+    attention = 12 * arch.num_layers * arch.seq_length * arch.hidden_size
+    return 6 * matmul_parameters(arch, vocab_size) + attention

@@ -483,5 +483,20 @@ def validate_sequence_parallel(cfg: Config, arch) -> None:
         raise ConfigError(f"sp.cost_model={sp.cost_model}: no such file (write one with `hetron calibrate`)")
 
 
+def resolved_dict(cfg: Config) -> dict[str, Any]:
+    """The config as a tree with the preset's architecture written out (each model.* field left at None
+    holds the value the run uses): what `hetron train --print-config` prints and run.dir/config.yaml holds.
+    Loading it again gives the same run."""
+    from pretrain.architecture import resolve_model
+
+    tree = cfg.to_dict()
+    tree["model"].update(dataclasses.asdict(resolve_model(cfg.model, cfg.parallel)))
+    return tree
+
+
+def config_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(resolved_dict(cfg), sort_keys=False)
+
+
 def dump_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    path.write_text(config_yaml(cfg))

@@ -4,6 +4,7 @@ Outside a distributed launch, this process validates the config, prepares the sh
 run folder and spawns `launch.nproc` local ranks. Inside one (RANK/WORLD_SIZE set by srun, submitit
 or torchrun), it runs as that one rank and prepares nothing: missing shards are an error naming the
 `hetron prepare` command (or run `hetron train --prepare-only` with the same arguments first).
+`--print-config` and `--dry-run` check and describe the run without writing anything.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import json
 import signal
 from pathlib import Path
 
+from pretrain.architecture import resolve_model
 from pretrain.arg_parser import OneLineErrorParser
-from pretrain.config import Config, load_config
+from pretrain.config import Config, config_yaml, load_config
+from pretrain.input_paths import check_input_paths
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -22,8 +25,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("items", nargs="*", help="an optional config (YAML path or name under configs/), then key=value overrides")
     p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint (error if none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs lines instead)")
-    p.add_argument("--prepare-only", action="store_true",
-                   help="prepare the shards and the run folder, then exit (before starting ranks under Slurm)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--prepare-only", action="store_true",
+                      help="prepare the shards and the run folder, then exit (before starting ranks under Slurm)")
+    only.add_argument("--print-config", action="store_true",
+                      help="print the resolved config (defaults and preset filled in) as YAML and exit")
+    only.add_argument("--dry-run", action="store_true",
+                      help="check the config and every input path, print what would run (ranks, shards, resume, "
+                           "parameters, FLOPs per token, memory per rank) and exit; writes nothing")
     args = p.parse_intermixed_args(argv)
     config_file = None
     overrides = list(args.items)
@@ -33,12 +42,22 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         overrides.append("resume=latest")
     if args.no_progress:
         overrides.append("run.progress=false")
-    return argparse.Namespace(config_file=config_file, overrides=overrides, prepare_only=args.prepare_only), overrides
+    return argparse.Namespace(config_file=config_file, overrides=overrides, prepare_only=args.prepare_only,
+                              print_config=args.print_config, dry_run=args.dry_run), overrides
 
 
 def main(argv: list[str]) -> int:
     ns, overrides = parse_args(argv)
     cfg = load_config(ns.config_file, overrides)
+    if ns.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
+    check_input_paths(cfg, resolve_model(cfg.model, cfg.parallel).seq_length)
+    if ns.dry_run:
+        from pretrain.dry_run import describe_run
+
+        print("\n".join(describe_run(cfg)))
+        return 0
     from pretrain.bootstrap import lock_run_folder, prepare_run, run_command  # after the checks: imports torch
 
     if ns.prepare_only:

@@ -17,11 +17,13 @@ class HetronTrain:
 
     def plan(self, config: str | None, overrides: list[str]) -> RunPlan:
         from data.shard_cache import shards_dir
-        from pretrain.config import RunConfig, load_config
         from pretrain.architecture import resolve_model
+        from pretrain.config import RunConfig, load_config
+        from pretrain.input_paths import check_input_paths
 
         cfg = load_config(config, list(overrides))
         seq_length = resolve_model(cfg.model, cfg.parallel).seq_length
+        check_input_paths(cfg, seq_length)  # here, not on the cluster
         return RunPlan(run_dir=Path(cfg.run.dir), run_dir_is_default=cfg.run.dir == RunConfig.dir,
                        checkpoint_dir=cfg.checkpoint_dir.resolve(), steps=cfg.train.steps,
                        checkpoint_every=cfg.checkpoint.every, global_batch_tokens=cfg.data.global_batch_tokens,

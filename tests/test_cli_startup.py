@@ -16,10 +16,11 @@ from tests.conftest import REPO, error_lines
 HEAVY = ("torch", "megatron", "streaming", "transformers")  # seconds each; yaml, numpy, submitit are not
 
 
-def run_with_import_list(args: list[str], cwd=REPO) -> tuple[subprocess.CompletedProcess, set[str]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_with_import_list(args: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """The CLI's result (stderr without the import lines) and the names of every module it imported."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pretrain.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=120, cwd=cwd)
+                          text=True, env=env, timeout=120, cwd=REPO)
     imported = set()
     kept = []
     for line in proc.stderr.splitlines():
