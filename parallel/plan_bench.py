@@ -31,7 +31,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default="7b", help="cost-model preset: 7b, 13b, 30b (default 7b)")
     p.add_argument("--cost-model", help="cost-model JSON file (from calibration); overrides --model")
     p.add_argument("--capacity", type=int, help="activation tokens per rank (default: the preset's)")
-    p.add_argument("--cap", type=int, default=196608, help="max context length (default 196608)")
+    p.add_argument("--max-context", "--cap", dest="cap", type=int, default=196608,
+                   help="longest sequence kept, in tokens (default 196608; --cap: its old name)")
     p.add_argument("--batches", type=int, default=20, help="global batches to plan (default 20)")
     p.add_argument("--batch-size", type=int, default=512, help="sequences per global batch (default 512)")
     p.add_argument("--budget-ms", type=float, default=1000 * DEFAULT_TIME_BUDGET_S,
@@ -154,8 +155,8 @@ def main(argv: list[str]) -> int:
         cost_model = CostModel(**{**cost_model.__dict__, "capacity_tokens": args.capacity})
     room = (1 << (args.gpus.bit_length() - 1)) * cost_model.capacity_tokens
     if args.cap - 2 * args.gpus > room:
-        raise HetronError(f"--cap {args.cap}: sequences that long do not fit on {args.gpus} ranks of "
-                          f"{cost_model.capacity_tokens} tokens; use --cap <= {room + 2 * args.gpus} or more --gpus")
+        raise HetronError(f"--max-context {args.cap}: sequences that long do not fit on {args.gpus} ranks of "
+                          f"{cost_model.capacity_tokens} tokens; use --max-context <= {room + 2 * args.gpus} or more --gpus")
     batches, stats = load_batches(args.lengths, args.gpus, args.cap, args.batch_size, args.batches)
     if args.gantt and not 0 <= args.gantt_batch < len(batches):
         raise HetronError(f"--gantt-batch {args.gantt_batch} outside 0..{len(batches) - 1}")

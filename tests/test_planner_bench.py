@@ -51,5 +51,5 @@ def test_plan_bench_bad_file_is_one_line_error(tmp_path, capsys):
     bad.write_text("12\n13\n")
     assert cli.main(["plan-bench", "--lengths", str(bad), *small, "--batch-size", "64"]) == 2
     assert "fewer than one batch" in capsys.readouterr().err
-    assert cli.main(["plan-bench", "--lengths", str(bad), "--gpus", "8", "--cap", "65536"]) == 2
-    assert "use --cap <= 48016" in capsys.readouterr().err
+    assert cli.main(["plan-bench", "--lengths", str(bad), "--gpus", "8", "--max-context", "65536"]) == 2
+    assert "use --max-context <= 48016" in capsys.readouterr().err
