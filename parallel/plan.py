@@ -36,6 +36,11 @@ class SequenceParallelPlan:
     solve_ms: float
     solver_status: str
     dropped: tuple[int, ...] = ()  # indices left out with drop_oversized=True
+    bound_ms: float = 0.0  # the planner's lower bound on any plan of this batch (0: none computed)
+    method: str = ""  # which method's plan this is: greedy or milp ("" for other policies)
+    late: bool = False  # the solver had not finished when the budget ended (its unfinished part unused)
+    milp_ran: int = 0  # micro-batches the MILP was solved for
+    milp_improved: int = 0  # of those, how many it made faster
 
     def time_ms(self, lengths: Sequence[int], cost_model: CostModel) -> float:
         return sum(mb.time_ms(lengths, cost_model) for mb in self.micro_batches)
@@ -47,6 +52,11 @@ class SequenceParallelPlan:
             "solve_ms": self.solve_ms,
             "solver_status": self.solver_status,
             "dropped": list(self.dropped),
+            "bound_ms": self.bound_ms,
+            "method": self.method,
+            "late": self.late,
+            "milp_ran": self.milp_ran,
+            "milp_improved": self.milp_improved,
             "micro_batches": [[{"start": g.start, "size": g.size, "sequences": list(g.sequences)}
                                for g in mb.groups] for mb in self.micro_batches],
         }
@@ -64,7 +74,10 @@ class SequenceParallelPlan:
             return cls(num_ranks=int(raw["num_ranks"]), micro_batches=micro_batches,
                        predicted_ms=float(raw.get("predicted_ms", 0.0)), solve_ms=float(raw.get("solve_ms", 0.0)),
                        solver_status=str(raw.get("solver_status", "")),
-                       dropped=tuple(int(i) for i in raw.get("dropped", ())))
+                       dropped=tuple(int(i) for i in raw.get("dropped", ())),
+                       bound_ms=float(raw.get("bound_ms", 0.0)), method=str(raw.get("method", "")),
+                       late=bool(raw.get("late", False)), milp_ran=int(raw.get("milp_ran", 0)),
+                       milp_improved=int(raw.get("milp_improved", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise HetronError(f"malformed sequence-parallel plan: {exc!r}") from None
 

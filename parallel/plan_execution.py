@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -65,14 +66,19 @@ def plan_statistics(plan: SequenceParallelPlan, *, calibrated: bool = True) -> d
     """Metrics of a plan; the predicted time is named uncalibrated unless the cost model was
     measured on this hardware (`hetron calibrate`)."""
     sizes = [g.size for mb in plan.micro_batches for g in mb.groups if g.sequences]
-    return {
+    out = {
         "sp_micro_batches": len(plan.micro_batches),
         "sp_groups": len(sizes),
         "sp_max_group": max(sizes) if sizes else 1,
         "sp_mean_group": float(np.mean(sizes)) if sizes else 1.0,
-        "sp_solve_ms": plan.solve_ms,
+        "sp_plan_ms": plan.solve_ms,
         "sp_predicted_ms" if calibrated else "sp_predicted_ms_uncalibrated": plan.predicted_ms,
     }
+    if plan.bound_ms > 0:  # the planner's own figures (static plans have none)
+        out.update({"sp_bound_ms": plan.bound_ms, "sp_gap": plan.predicted_ms / plan.bound_ms - 1,
+                    "sp_method": plan.method, "sp_solver_late": int(plan.late), "sp_milp_ran": plan.milp_ran,
+                    "sp_milp_improved": plan.milp_improved})
+    return out
 
 
 class PlannedBatches:
@@ -88,6 +94,7 @@ class PlannedBatches:
         self._pending = None
         self._state_after_last = loader.state_dict()
         self.plan: SequenceParallelPlan | None = None
+        self.plan_wait_ms = 0.0  # how long the last step waited for its plan (planning is bounded, so ~0)
 
     def _fetch(self):
         samples = self.loader.next_batch()
@@ -114,8 +121,10 @@ class PlannedBatches:
         if self._pending is None:
             self._pending = self._fetch()
         samples, lengths, state_after, thread, result = self._pending
+        waited = time.perf_counter()
         if thread is not None:
             thread.join()
+        self.plan_wait_ms = 1000 * (time.perf_counter() - waited)
         message = [result.get("plan"), result.get("error")]
         dist.broadcast_object_list(message, src=0)
         plan_json, error = message

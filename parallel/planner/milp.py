@@ -1,4 +1,5 @@
-"""FlexSP's MILP for one micro-batch, solved through pulp (HiGHS by default, CBC as fallback).
+"""FlexSP's MILP for one micro-batch, built as arrays (`linear_model`) and solved by HiGHS through
+highspy's array interface, or by CBC through pulp as the fallback (`solvers`).
 
 Lengths are bucketed (bucketing DP, <= max_buckets, each bucket padded to its longest). Candidate
 groups p: for each allowed size d, up to floor(N/d) copies (fewer when fewer sequences could use
@@ -6,48 +7,22 @@ them). Integer A[k,p] = sequences of bucket k in group p, binary u[p] = group us
   sum_p A[k,p] = n_k;  A[k,p] = 0 if d_p cannot hold b_k;  sum_k b_k*A[k,p] <= d_p*C*u[p];
   sum_k T(b_k, d_p)*A[k,p] <= M;  A[k,p] <= n_k*u[p];  sum_p d_p*u[p] <= N;  u[p] >= u[p'] for the
   next copy p' of the same size (symmetry). beta is the same for every group and is left out.
+The warm start is a given micro-batch (the greedy's), counted into buckets and groups.
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import pulp
 
 from parallel import native
+from parallel.planner import solvers
 from parallel.planner.fast_path import PackedMicroBatch
+from parallel.planner.linear_model import ColumnsBuilder, LinearModel, RowsBuilder
 from parallel.planner.problem import PlanningProblem
 
 MAX_BUCKETS = 16
-
-
-def _swallow_highs_banner() -> None:
-    """HiGHS prints a two-line banner to fd 1 the first time a model is created in a process,
-    whatever output_flag says. Create one at import, with fd 1 pointed at /dev/null, so plans and
-    tables are not interleaved with it later (from the solver thread)."""
-    try:
-        import highspy
-    except ImportError:  # pulp falls back to CBC
-        return
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):  # no fd 1 to silence (closed or replaced stdout)
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-_swallow_highs_banner()
 
 
 @dataclass(frozen=True)
@@ -55,17 +30,19 @@ class MilpResult:
     micro_batch: PackedMicroBatch | None  # None when the solver found no feasible solution
     status: str  # solver's word: optimal, feasible (time limit), infeasible, not solved, ...
     bucketed_ms: float | None  # the MILP's own objective (on padded lengths)
+    solver: str = ""  # which solver ran
+    build_ms: float = 0.0  # building the arrays
+    variables: int = 0
 
 
-def make_solver(solver: str, time_limit_s: float):
-    limit = max(0.001, float(time_limit_s))
-    if solver == "highs":
-        return pulp.HiGHS(msg=False, timeLimit=limit, threads=1)
-    if solver == "cbc":
-        with warnings.catch_warnings():  # pulp 3.3 deprecates the bundled CBC for 4.0
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, threads=1)
-    raise ValueError(f"unknown MILP solver {solver!r}; one of: highs, cbc, none")
+@dataclass(frozen=True)
+class MicroBatchModel:
+    model: LinearModel
+    buckets: list[np.ndarray]  # members of each bucket, by length then position
+    tops: np.ndarray  # padded length of each bucket
+    group_size: list[int]  # size index of each candidate group
+    used_col: list[int]  # u[p]
+    take_cols: list[dict[int, int]]  # bucket -> column of A[k,p]
 
 
 def buckets_of(problem: PlanningProblem, members: np.ndarray, max_buckets: int) -> list[np.ndarray]:
@@ -82,6 +59,59 @@ def buckets_of(problem: PlanningProblem, members: np.ndarray, max_buckets: int) 
     return out
 
 
+def build_micro_batch_model(problem: PlanningProblem, members, cost_model,
+                            max_buckets: int = MAX_BUCKETS) -> MicroBatchModel:
+    members = np.asarray(members, dtype=np.int64)
+    buckets = buckets_of(problem, members, max_buckets)
+    tops = np.asarray([int(problem.lengths[b].max()) for b in buckets], dtype=np.int64)
+    counts = np.asarray([len(b) for b in buckets], dtype=np.float64)
+    sizes = problem.sizes
+    cap = problem.capacity
+    lows = np.searchsorted(np.asarray(sizes, dtype=np.int64) * cap, tops, side="left")
+    highs = np.asarray([int(problem.hi[b].min()) for b in buckets])
+    columns, rows = ColumnsBuilder(), RowsBuilder()
+    span = int(columns.add(1, cost=1.0)[0])
+    cover_entries: list[tuple[np.ndarray, np.ndarray]] = []  # (bucket, column) pairs
+    rank_cols, rank_vals = [], []
+    group_size, used_col, take_cols = [], [], []
+    for s, d in enumerate(sizes):
+        eligible = np.flatnonzero((lows <= s) & (s <= highs))
+        copies = int(min(problem.num_ranks // d, counts[eligible].sum())) if eligible.size else 0
+        if copies == 0:
+            continue
+        e = len(eligible)
+        used = columns.add(copies, upper=1.0, integer=True)
+        take = columns.add(copies * e, upper=np.tile(counts[eligible], copies), integer=True).reshape(copies, e)
+        seq_ms = np.asarray([cost_model.seq_time_ms(int(tops[k]), d) for k in eligible], dtype=np.float64)
+        memory = rows.add(copies, -np.inf, 0.0)  # sum_k b_k A[k,p] - d C u[p] <= 0
+        rows.entries(memory[:, None], take, tops[eligible][None, :].astype(np.float64))
+        rows.entries(memory, used, -float(d * cap))
+        timing = rows.add(copies, -np.inf, 0.0)  # sum_k T_k A[k,p] - M <= 0
+        rows.entries(timing[:, None], take, seq_ms[None, :])
+        rows.entries(timing, span, -1.0)
+        link = rows.add(copies * e, -np.inf, 0.0).reshape(copies, e)  # A[k,p] - n_k u[p] <= 0
+        rows.entries(link, take, 1.0)
+        rows.entries(link, used[:, None], -counts[eligible][None, :])
+        if copies > 1:  # u[p+1] - u[p] <= 0
+            order = rows.add(copies - 1, -np.inf, 0.0)
+            rows.entries(order, used[1:], 1.0)
+            rows.entries(order, used[:-1], -1.0)
+        cover_entries.append((np.broadcast_to(eligible[None, :], take.shape).ravel(), take.ravel()))
+        rank_cols.append(used)
+        rank_vals.append(np.full(copies, float(d)))
+        for c in range(copies):
+            group_size.append(s)
+            used_col.append(int(used[c]))
+            take_cols.append({int(k): int(take[c, j]) for j, k in enumerate(eligible)})
+    cover = rows.add(len(buckets), counts, counts)  # sum_p A[k,p] = n_k
+    for bucket_idx, cols in cover_entries:
+        rows.entries(cover[bucket_idx], cols, 1.0)
+    ranks = rows.add(1, -np.inf, float(problem.num_ranks))  # sum_p d_p u[p] <= N
+    if rank_cols:
+        rows.entries(ranks[0], np.concatenate(rank_cols), np.concatenate(rank_vals))
+    return MicroBatchModel(rows.model(columns), buckets, tops, group_size, used_col, take_cols)
+
+
 def variable_count(problem: PlanningProblem, members, max_buckets: int = MAX_BUCKETS) -> int:
     """Upper estimate of the MILP's size, without building it."""
     members = np.asarray(members, dtype=np.int64)
@@ -90,69 +120,81 @@ def variable_count(problem: PlanningProblem, members, max_buckets: int = MAX_BUC
     return groups * (buckets + 1) + 1
 
 
-def solve_micro_batch(problem: PlanningProblem, members, cost_model, *, time_limit_s: float,
-                      solver: str = "highs", max_buckets: int = MAX_BUCKETS,
-                      deadline: float | None = None) -> MilpResult:
-    """deadline: a time.perf_counter() value; the solver gets what is left of it once the model is built."""
-    members = np.asarray(members, dtype=np.int64)
-    buckets = buckets_of(problem, members, max_buckets)
-    tops = [int(problem.lengths[b].max()) for b in buckets]
-    counts = [len(b) for b in buckets]
-    sizes = problem.sizes
-    cap = problem.capacity
-    # size index range each bucket may use (its longest sequence decides memory)
-    lows = [int(np.searchsorted(np.asarray(sizes) * cap, top, side="left")) for top in tops]
-    highs = [int(problem.hi[b].min()) for b in buckets]
+def warm_start_vector(built: MicroBatchModel, problem: PlanningProblem, cost_model,
+                      packed: PackedMicroBatch) -> np.ndarray | None:
+    """The column vector of `packed` (same members) in the bucketed model, or None if it has no
+    place there (a group the model does not offer). It may break the padded memory rows; the
+    solver then ignores it."""
+    bucket_of = {}
+    for k, b in enumerate(built.buckets):
+        for i in b.tolist():
+            bucket_of[i] = k
+    x = np.zeros(built.model.num_cols)
+    next_copy: dict[int, int] = {}
+    span = 0.0
+    for size_idx, seqs in packed.groups:
+        if not seqs:
+            continue
+        copies = [p for p, s in enumerate(built.group_size) if s == size_idx]
+        c = next_copy.get(size_idx, 0)
+        if c >= len(copies):
+            return None
+        next_copy[size_idx] = c + 1
+        p = copies[c]
+        x[built.used_col[p]] = 1.0
+        d = problem.sizes[size_idx]
+        group_ms = 0.0
+        for i in seqs:
+            col = built.take_cols[p].get(bucket_of.get(i, -1))
+            if col is None:
+                return None
+            x[col] += 1.0
+            group_ms += cost_model.seq_time_ms(int(built.tops[bucket_of[i]]), d)
+        span = max(span, group_ms)
+    x[0] = span
+    return x
 
-    prob = pulp.LpProblem("sp_micro_batch", pulp.LpMinimize)
-    span = prob.add_variable("span", lowBound=0)
-    prob += span
-    groups: list[tuple[int, dict[int, pulp.LpVariable], pulp.LpVariable]] = []
-    for s, d in enumerate(sizes):
-        eligible = [k for k in range(len(buckets)) if lows[k] <= s <= highs[k]]
-        copies = min(problem.num_ranks // d, sum(counts[k] for k in eligible))
-        previous = None
-        for c in range(copies):
-            used = prob.add_variable(f"u_{d}_{c}", cat="Binary")
-            take = {k: prob.add_variable(f"a_{k}_{d}_{c}", lowBound=0, upBound=counts[k], cat="Integer")
-                    for k in eligible}
-            prob += pulp.lpSum(tops[k] * take[k] for k in eligible) <= d * cap * used
-            prob += pulp.lpSum(cost_model.seq_time_ms(tops[k], d) * take[k] for k in eligible) <= span
-            for k in eligible:
-                prob += take[k] <= counts[k] * used
-            if previous is not None:
-                prob += previous >= used
-            previous = used
-            groups.append((s, take, used))
-    for k in range(len(buckets)):
-        prob += pulp.lpSum(take[k] for _, take, _ in groups if k in take) == counts[k]
-    prob += pulp.lpSum(sizes[s] * used for s, _, used in groups) <= problem.num_ranks
 
-    if deadline is not None:
-        # keep a margin for HiGHS to stop and pulp to read the solution back before the deadline
-        time_limit_s = min(time_limit_s, 0.85 * (deadline - time.perf_counter()) - 0.005)
-        if time_limit_s <= 0:
-            return MilpResult(None, "not started: building the model used up the budget", None)
-    prob.solve(make_solver(solver, time_limit_s))
-    status = {1: "optimal", 2: "feasible (stopped by time limit)", 0: "no solution found",
-              -1: "infeasible", -2: "unbounded", -3: "undefined"}.get(prob.sol_status, str(prob.sol_status))
-    if prob.sol_status not in (1, 2):
-        return MilpResult(None, status, None)
-
-    # hand each bucket's sequences out to the groups in the solver's counts
-    remaining = [list(b) for b in buckets]
+def decode(built: MicroBatchModel, problem: PlanningProblem, x: np.ndarray, members) -> PackedMicroBatch | None:
+    """Hand each bucket's sequences out to the groups in the solver's counts; span on real lengths."""
+    remaining = [list(b) for b in built.buckets]
     out_groups = []
-    for s, take, used in groups:
-        if (used.value() or 0) < 0.5:
+    for p, s in enumerate(built.group_size):
+        if x[built.used_col[p]] < 0.5:
             continue
         chosen = []
-        for k, var in take.items():
-            count = round(var.value() or 0)
+        for k, col in built.take_cols[p].items():
+            count = int(np.rint(x[col]))
             chosen += remaining[k][:count]
             remaining[k] = remaining[k][count:]
         out_groups.append((s, tuple(int(i) for i in chosen)))
-    if any(remaining_k for remaining_k in remaining):
-        return MilpResult(None, f"{status}, but the rounded solution left sequences out", None)
-    spans = [sum(float(problem.times[i, s]) for i in seqs) for s, seqs in out_groups if seqs]
-    packed = PackedMicroBatch(tuple(int(m) for m in members), tuple(out_groups), max(spans) if spans else 0.0)
-    return MilpResult(packed, status, float(span.value() or 0.0))
+    if any(remaining):
+        return None
+    spans = [float(problem.times[list(seqs), s].sum()) for s, seqs in out_groups if seqs]
+    return PackedMicroBatch(tuple(int(m) for m in members), tuple(out_groups), max(spans) if spans else 0.0)
+
+
+def solve_micro_batch(problem: PlanningProblem, members, cost_model, *, time_limit_s: float,
+                      solver: str = "highs", max_buckets: int = MAX_BUCKETS,
+                      deadline: float | None = None, warm_start: PackedMicroBatch | None = None) -> MilpResult:
+    """deadline: a time.perf_counter() value; the solver gets what is left of it once the model is built."""
+    started = time.perf_counter()
+    members = np.asarray(members, dtype=np.int64)
+    built = build_micro_batch_model(problem, members, cost_model, max_buckets)
+    warm = warm_start_vector(built, problem, cost_model, warm_start) if warm_start is not None else None
+    build_ms = 1000 * (time.perf_counter() - started)
+    if deadline is not None:
+        # HiGHS stops up to ~20% + 10 ms after its limit (measured): keep that margin to the deadline
+        time_limit_s = min(time_limit_s, 0.75 * (deadline - time.perf_counter()) - 0.01)
+        if time_limit_s <= 0:
+            return MilpResult(None, "not started: building the model used up the budget", None, solver, build_ms,
+                              built.model.num_cols)
+    ran = solver if solvers.available(solver) else "cbc"
+    result = solvers.solve(built.model, ran, time_limit_s, warm_start=warm)
+    if not result.has_solution:
+        return MilpResult(None, result.status, None, result.solver, build_ms, built.model.num_cols)
+    packed = decode(built, problem, result.x, members)
+    if packed is None:
+        return MilpResult(None, f"{result.status}, but the rounded solution left sequences out", None,
+                          result.solver, build_ms, built.model.num_cols)
+    return MilpResult(packed, result.status, float(result.x[0]), result.solver, build_ms, built.model.num_cols)

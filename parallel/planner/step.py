@@ -1,8 +1,10 @@
-"""plan_step: the per-step planner. The fast path gives a plan at once; if time is left in the hard
-budget and the plan is not already within `gap_tolerance` of its bound, the MILP re-solves the
-micro-batch with the largest gap in a worker thread, and its result is kept only if it is better.
-The caller never waits past the budget: a slow, failed or busy solver leaves the fast plan in place
-and the reason in `solver_status` (and the log)."""
+"""plan_step: the per-step planner. The greedy fast path gives a plan at once. Then, in a worker
+thread and within the hard budget, the LP relaxation of the whole batch gives a lower bound on every
+plan (`batch_bound`), and a MILP re-packs the busiest groups of the micro-batches furthest from their
+floors exactly, warm-started from the greedy's assignment (`repack_milp`); a MILP result is kept
+only where it is faster. The caller
+never waits past the budget: what the worker has finished by then is used, a late solver is named
+in `solver_status` and flagged (`SequenceParallelPlan.late`), and the greedy plan stands for the rest."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -10,22 +12,22 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from parallel.cost_model import CostModel
 from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
-from parallel.planner import milp
+from parallel.planner import repack_milp, solvers
+from parallel.planner.batch_bound import batch_lower_bound
 from parallel.planner.fast_path import FastPlan, PackedMicroBatch, fast_plan
 from parallel.planner.problem import PlanningProblem, build_problem
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_BUDGET_S = 0.05
-MIN_SOLVER_TIME_S = 0.01  # below this HiGHS cannot even load the model; don't start it
-# pulp spends ~0.1 ms per variable building the model before HiGHS starts (measured on a 2-core
-# machine: 2,000 variables, 180 ms); a solve that cannot even be built in time is not started.
-BUILD_S_PER_VARIABLE = 1e-4
+MIN_SOLVER_TIME_S = 0.005  # a MILP with less than this left is not started
+LP_SHARE = 0.6  # of the budget, at most, for the batch's LP bound
 _solver_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hetron-milp")
 _solver_busy = threading.Lock()
 
@@ -52,63 +54,144 @@ def micro_batch_floor_ms(problem: PlanningProblem, packed: PackedMicroBatch) -> 
     return problem.work_floor_ms(np.asarray(packed.members, dtype=np.int64))
 
 
-def _run_solver(problem, members, cost_model, deadline, solver):
+@dataclass
+class SolverProgress:
+    """What the worker has finished so far; the caller reads it at the deadline."""
+    bound_ms: float | None = None
+    bound_status: str = ""
+    solvers_used: set = field(default_factory=set)
+    improved: dict = field(default_factory=dict)  # micro-batch index -> PackedMicroBatch
+    milp_ran: int = 0
+    milp_statuses: list = field(default_factory=list)
+    stage: str = "starting"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def snapshot(self) -> tuple[float | None, str, dict, int, list, set, str]:
+        with self.lock:
+            return (self.bound_ms, self.bound_status, dict(self.improved), self.milp_ran, list(self.milp_statuses),
+                    set(self.solvers_used), self.stage)
+
+
+def solve_in_shadow(problem: PlanningProblem, plan: FastPlan, cost_model: CostModel, deadline: float, solver: str,
+                    gap_tolerance: float, progress: SolverProgress) -> None:
+    """The worker: the batch's LP bound, then the MILP on each micro-batch that is more than
+    gap_tolerance above its floor, largest gap first, until the deadline."""
+    progress.stage = "lp bound"
+    # the bound may use up to LP_SHARE of the budget; the MILP gets the rest
+    lp_deadline = time.perf_counter() + LP_SHARE * (deadline - time.perf_counter())
+    bound = batch_lower_bound(problem, plan.total_ms, solver=solver, deadline=lp_deadline)
+    with progress.lock:
+        progress.bound_ms, progress.bound_status = bound.bound_ms, bound.status
+        if bound.solver:
+            progress.solvers_used.add(bound.solver)
+    gaps = [mb.span_ms - micro_batch_floor_ms(problem, mb) for mb in plan.micro_batches]
+    order = sorted(range(len(gaps)), key=lambda k: (-gaps[k], k))
+    progress.stage = "done"  # unless a MILP is left out for want of time (below)
+    for k in order:
+        if gaps[k] <= gap_tolerance * plan.micro_batches[k].span_ms:
+            break
+        if deadline - time.perf_counter() < MIN_SOLVER_TIME_S:
+            with progress.lock:
+                progress.milp_statuses.append("not started: budget used up")
+            break
+        progress.stage = f"milp on micro-batch {k}"
+        old = plan.micro_batches[k]
+        result = repack_milp.repack(problem, old, solver=solver, deadline=deadline)
+        with progress.lock:
+            progress.milp_ran += 1 if result.rounds else 0
+            progress.milp_statuses.append(result.status)
+            if result.rounds:
+                progress.solvers_used.add(result.solver)
+            if result.improved:
+                progress.improved[k] = result.micro_batch
+        progress.stage = "done"
+
+
+def _run_worker(*args):
     try:
-        return milp.solve_micro_batch(problem, members, cost_model, time_limit_s=deadline - time.perf_counter(),
-                                      solver=solver, deadline=deadline)
+        solve_in_shadow(*args)
     finally:
         _solver_busy.release()
 
 
+@dataclass(frozen=True)
+class SolverOutcome:
+    plan: FastPlan
+    bound_ms: float
+    method: str  # "greedy" or "milp"
+    status: str
+    late: bool
+    milp_ran: int
+    milp_improved: int
+
+
 def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: CostModel, *, deadline: float,
-                        solver: str, gap_tolerance: float) -> tuple[FastPlan, str]:
+                        solver: str, gap_tolerance: float) -> SolverOutcome:
+    floor = problem.lower_bound_ms()
     if not plan.micro_batches:
-        return plan, "empty batch"
-    gaps = [mb.span_ms - micro_batch_floor_ms(problem, mb) for mb in plan.micro_batches]
-    worst = max(range(len(gaps)), key=lambda k: (gaps[k], -k))
-    if gaps[worst] <= gap_tolerance * plan.total_ms:
-        return plan, f"greedy: every micro-batch within {100 * gap_tolerance:g}% of its floor, solver not needed"
-    left = deadline - time.perf_counter()
-    members = plan.micro_batches[worst].members
-    variables = milp.variable_count(problem, members)
-    if left < MIN_SOLVER_TIME_S + variables * BUILD_S_PER_VARIABLE:
-        return plan, (f"greedy: {1000 * max(left, 0):.0f} ms left in the budget, too little to build a "
-                      f"{variables}-variable MILP")
+        return SolverOutcome(plan, 0.0, "greedy", "empty batch", False, 0, 0)
     if not _solver_busy.acquire(blocking=False):
-        return plan, "greedy: solver still busy with an earlier step"
+        return SolverOutcome(plan, floor, "greedy", "greedy: solver still busy with an earlier step", True, 0, 0)
+    progress = SolverProgress()
     try:
-        future = _solver_pool.submit(_run_solver, problem, members, cost_model, deadline, solver)
+        future = _solver_pool.submit(_run_worker, problem, plan, cost_model, deadline, solver, gap_tolerance,
+                                     progress)
     except RuntimeError as exc:  # pool shut down at interpreter exit
         _solver_busy.release()
-        return plan, f"greedy: solver could not start ({exc})"
+        return SolverOutcome(plan, floor, "greedy", f"greedy: solver could not start ({exc})", False, 0, 0)
+    late, failure = False, ""
     try:
-        result = future.result(timeout=max(0.0, deadline - time.perf_counter()))
+        future.result(timeout=max(0.0, deadline - time.perf_counter()))
     except cf.TimeoutError:
-        return plan, f"greedy: solver ({solver}) hit the {1000 * left:.0f} ms budget"
-    except Exception as exc:  # noqa: BLE001 - any solver failure leaves the fast plan
-        return plan, f"greedy: solver ({solver}) failed: {type(exc).__name__}: {exc}"
-    if result.micro_batch is None:
-        return plan, f"greedy: solver ({solver}) {result.status}"
-    old = plan.micro_batches[worst]
-    if result.micro_batch.span_ms >= old.span_ms * (1 - 1e-9):  # float noise is not an improvement
-        return plan, f"greedy: solver ({solver}, {result.status}) found no better plan"
+        late = True
+    except Exception as exc:  # noqa: BLE001 - any solver failure leaves the greedy plan
+        failure = f"{type(exc).__name__}: {exc}"
+    bound, bound_status, improved, ran, statuses, used, stage = progress.snapshot()
+    skipped = [s for s in statuses if s.startswith("not started")]
+    statuses = [s for s in statuses if not s.startswith("not started")]
+    names = "+".join(sorted(used)) or solver
     micro_batches = list(plan.micro_batches)
-    micro_batches[worst] = result.micro_batch
+    for k, mb in improved.items():
+        micro_batches[k] = mb
     total = sum(mb.span_ms + problem.beta for mb in micro_batches)
-    status = (f"milp ({solver}, {result.status}): micro-batch {worst} {old.span_ms:.1f} -> "
-              f"{result.micro_batch.span_ms:.1f} ms")
-    return FastPlan(tuple(micro_batches), total, plan.split), status
+    method = "milp" if improved else "greedy"
+    parts = []
+    if bound is None:
+        parts.append("no lp bound (the work floor stands)")
+    else:
+        parts.append(f"lp bound {bound:.1f} ms ({bound_status})")
+    if ran:
+        worded = ", ".join(f"{n} {s}" for s, n in _counted(statuses))
+        parts.append(f"milp ran on {ran} micro-batch(es) [{worded}], improved {len(improved)}")
+    if skipped:
+        parts.append("milp not started on the next micro-batch: budget used up")
+    elif not ran and not late and not failure:
+        parts.append(f"milp not needed (every micro-batch within {100 * gap_tolerance:g}% of its floor)")
+    if late:
+        parts.append(f"solver late: budget ended during {stage}")
+    if failure:
+        parts.append(f"solver failed: {failure}")
+    status = f"{method} ({names}): " + "; ".join(parts)
+    kept = FastPlan(tuple(micro_batches), total, plan.split) if improved else plan
+    return SolverOutcome(kept, max(floor, bound if bound is not None else floor), method, status, late, ran,
+                         len(improved))
+
+
+def _counted(statuses: list[str]) -> list[tuple[str, int]]:
+    out: dict[str, int] = {}
+    for s in statuses:
+        out[s] = out.get(s, 0) + 1
+    return list(out.items())
 
 
 def plan_step(lengths: Sequence[int], num_ranks: int, cost_model: CostModel, *,
               time_budget_s: float = DEFAULT_TIME_BUDGET_S, solver: str = "highs",
               drop_oversized: bool = False, allowed_sizes: Sequence[int] | None = None,
               gap_tolerance: float = 0.01) -> SequenceParallelPlan:
-    """Plan one global batch on num_ranks data-parallel ranks. solver: "highs", "cbc" or "none"
-    (fast path only: then the plan depends on the input alone, never on timing). With a solver the
-    plan is the same on every rank unless the solver finished on some ranks and not on others
-    within the budget; `solver_status` says what happened, so a runtime that must agree should
-    plan on one rank and broadcast."""
+    """Plan one global batch on num_ranks data-parallel ranks. solver: "highs" (CBC through pulp if
+    highspy is missing), "cbc", or "none" (fast path only, bound = the work floor: then the plan
+    depends on the input alone, never on timing). With a solver the plan depends on how far the
+    solver got within the budget, so a runtime that must agree plans on one rank and broadcasts."""
     if solver not in ("highs", "cbc", "none"):
         raise ValueError(f"unknown solver {solver!r}; one of: highs, cbc, none")
     start = time.perf_counter()
@@ -116,21 +199,30 @@ def plan_step(lengths: Sequence[int], num_ranks: int, cost_model: CostModel, *,
     problem = build_problem(lengths, num_ranks, cost_model, allowed_sizes=allowed_sizes,
                             drop_oversized=drop_oversized)
     plan = fast_plan(problem)
-    status = f"greedy ({plan.split})"
-    if solver != "none":
-        plan, status = improve_with_solver(problem, plan, cost_model, deadline=deadline, solver=solver,
-                                           gap_tolerance=gap_tolerance)
-        if not status.startswith("milp"):
-            log.info("plan_step: %s", status)
+    if solver == "none":
+        outcome = SolverOutcome(plan, problem.lower_bound_ms(), "greedy", f"greedy ({plan.split})", False, 0, 0)
+    else:
+        if solver == "highs" and not solvers.available("highs"):
+            log.warning("plan_step: highspy is not installed; the planner's LP/MILP runs on CBC through pulp")
+        outcome = improve_with_solver(problem, plan, cost_model, deadline=deadline, solver=solver,
+                                      gap_tolerance=gap_tolerance)
+        if outcome.late:
+            log.info("plan_step: %s", outcome.status)
+    status = outcome.status
     if problem.dropped:
         status += f"; dropped {len(problem.dropped)} oversized sequence(s)"
         log.warning("plan_step: dropped %d sequence(s) longer than %d ranks can hold: %s", len(problem.dropped),
                     problem.sizes[-1], list(problem.dropped)[:10])
     return SequenceParallelPlan(
         num_ranks=num_ranks,
-        micro_batches=tuple(to_micro_batch_plan(problem, mb) for mb in plan.micro_batches),
-        predicted_ms=plan.total_ms,
+        micro_batches=tuple(to_micro_batch_plan(problem, mb) for mb in outcome.plan.micro_batches),
+        predicted_ms=outcome.plan.total_ms,
         solve_ms=1000 * (time.perf_counter() - start),
         solver_status=status,
         dropped=problem.dropped,
+        bound_ms=outcome.bound_ms,
+        method=outcome.method,
+        late=outcome.late,
+        milp_ran=outcome.milp_ran,
+        milp_improved=outcome.milp_improved,
     )
