@@ -126,6 +126,12 @@ def test_predict_rejects_steps_beyond_the_schedule(tmp_path):
     line = one_error_line(hetron("predict", "--params", str(params), "--schedule", "kind=constant,total_steps=100",
                                  "--at", "500"))
     assert "--at: steps must lie in 1..99" in line
+    # the README's `--at 1000,23999` for a 24000-step schedule: steps count from 0
+    line = one_error_line(hetron("predict", "--params", str(params), "--schedule", "kind=constant,total_steps=100",
+                                 "--at", "100"))
+    assert "the last of total_steps=100 is step 99" in line
+    proc = hetron("predict", "--params", str(params), "--schedule", "kind=constant,total_steps=100", "--at", "10,99")
+    assert proc.returncode == 0 and "step        99" in proc.stdout, proc.stderr
     (tmp_path / "broken.json").write_text("{not json")
     line = one_error_line(hetron("predict", "--params", str(tmp_path / "broken.json"), "--schedule", "kind=constant"))
     assert "broken.json: not JSON" in line
