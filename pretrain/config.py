@@ -118,7 +118,12 @@ class SequenceParallelConfig:
     # auto (FlexSP's 7B constants scaled to this model, uncalibrated), a preset of that architecture
     # (7b, 13b, 30b), or a JSON file written by `hetron calibrate`
     cost_model: str = "auto"
-    time_budget_s: float = 0.05  # hard limit of the per-step solve (planned a step ahead)
+    # hard limit of the per-step solve (planned a step ahead, in the step's shadow); 0: from the step,
+    # budget_fraction of the last step's time within budget_min_s..budget_max_s
+    time_budget_s: float = 0.0
+    budget_fraction: float = 0.5
+    budget_min_s: float = 0.05
+    budget_max_s: float = 5.0
     solver: str = "highs"  # highs | cbc | none (fast path only)
 
 
@@ -467,8 +472,14 @@ def validate_sequence_parallel(cfg: Config, arch) -> None:
         raise ConfigError(f"sp.tokens_per_rank={sp.tokens_per_rank} must be >= 0 (0: model.seq_length)")
     if sp.solver not in ("highs", "cbc", "none"):
         raise ConfigError(f"sp.solver={sp.solver!r} is not one of highs, cbc, none")
-    if not sp.time_budget_s > 0:
-        raise ConfigError(f"sp.time_budget_s={sp.time_budget_s} must be positive")
+    if not sp.time_budget_s >= 0:
+        raise ConfigError(f"sp.time_budget_s={sp.time_budget_s} must be >= 0 (0: from the step time)")
+    if not 0 < sp.budget_fraction <= 1:
+        raise ConfigError(f"sp.budget_fraction={sp.budget_fraction} must be in (0, 1]: planning runs in the "
+                          "previous step's shadow")
+    if not 0 < sp.budget_min_s <= sp.budget_max_s:
+        raise ConfigError(f"sp.budget_min_s={sp.budget_min_s} and sp.budget_max_s={sp.budget_max_s} must satisfy "
+                          "0 < budget_min_s <= budget_max_s")
     if not sp.cost_model.endswith(".json") and sp.cost_model.lower() not in ("auto", "7b", "13b", "30b"):
         raise ConfigError(f"sp.cost_model={sp.cost_model!r} is not auto, a preset (7b, 13b, 30b) or a .json file")
     from parallel.cost_model import preset_architecture

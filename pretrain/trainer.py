@@ -96,6 +96,7 @@ class Trainer:
         self.metrics_writer: MetricsWriter | None = None
         self.sp_groups = None
         self.last_plan = None
+        self.last_step_s: float | None = None  # the planner's budget follows the last step's time
         self.last_sample_losses: torch.Tensor | None = None
         self.last_weights: torch.Tensor | None = None
 
@@ -338,12 +339,15 @@ class Trainer:
 
     def _make_plan(self, lengths, solver: str | None = None):
         from parallel.planner import plan_step
+        from parallel.planner.budget import step_budget_s
         from parallel.simulate import static_plan
 
         sp = self.cfg.sp
         if sp.mode == "static":
             return static_plan(lengths, self.info.dp_size, self.sp_cost_model, sp.degree)
-        return plan_step(lengths, self.info.dp_size, self.sp_cost_model, time_budget_s=sp.time_budget_s,
+        budget = sp.time_budget_s or step_budget_s(self.last_step_s, fraction=sp.budget_fraction,
+                                                   min_s=sp.budget_min_s, max_s=sp.budget_max_s)
+        return plan_step(lengths, self.info.dp_size, self.sp_cost_model, time_budget_s=budget,
                          solver=solver or sp.solver, allowed_sizes=self.sp_sizes)
 
     def train_step(self) -> StepResult:
@@ -375,7 +379,8 @@ class Trainer:
             raise HetronError(f"loss became {loss} at step {self.step}; lower schedule.peak_lr or check the data")
         self.step += 1
         self.tokens_seen += tokens
-        return StepResult(self.step, loss, tokens, float(grad_norm or 0.0), lr, time.perf_counter() - start, record)
+        self.last_step_s = time.perf_counter() - start
+        return StepResult(self.step, loss, tokens, float(grad_norm or 0.0), lr, self.last_step_s, record)
 
     def eval_sets(self) -> dict[str, list[str]]:
         """Metric key -> eval split folders; in a staged run every earlier stage is evaluated too."""
@@ -433,6 +438,7 @@ class Trainer:
                            "grad_norm": result.grad_norm, "batch_tokens": result.tokens}
                 if self.last_plan is not None:
                     metrics.update(plan_statistics(self.last_plan, calibrated=self.sp_cost_model.calibrated))
+                    metrics["sp_plan_wait_ms"] = getattr(self.loader, "plan_wait_ms", 0.0)
                 for algo in self.algorithms:
                     algo.on_step_end(self, result.step, metrics)
                 at_end = result.step == cfg.train.steps

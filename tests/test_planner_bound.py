@@ -166,3 +166,16 @@ def test_plan_metrics_carry_the_planners_figures(wikipedia_batches):
     assert stats["sp_method"] in ("greedy", "milp") and stats["sp_solver_late"] in (0, 1)
     static = simulate.static_plan(lengths, 64, CM, 64)
     assert "sp_bound_ms" not in plan_statistics(static)  # other policies carry no bound
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["sp.budget_fraction=2"], "sp.budget_fraction=2.0 must be in (0, 1]"),
+    (["sp.budget_min_s=3", "sp.budget_max_s=1"], "sp.budget_min_s=3.0 and sp.budget_max_s=1.0"),
+    (["sp.time_budget_s=-1"], "sp.time_budget_s=-1.0 must be >= 0"),
+])
+def test_bad_budget_keys_are_named(overrides, message):
+    from pretrain.config import load_config
+    from pretrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        load_config(overrides=["sp.mode=adaptive", *overrides])
