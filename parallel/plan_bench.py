@@ -3,7 +3,8 @@
 Lengths are preprocessed as FlexSP does (pad to a multiple of 2N, drop lengths > cap - 2N, global
 batches in file order). Every policy plans every batch; each plan is validated and its iteration time
 simulated under the same cost model. Prints per policy: total simulated time, speedup vs static and
-vs per-sequence, gap to the lower bound, planning ms (median, max).
+vs per-sequence, gap to the batch LP bound and to the work floor, on how many batches the MILP ran
+and improved the greedy, planning wall ms and CPU ms per batch (median, max).
 """
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ import numpy as np
 
 from parallel import native, simulate
 from parallel.cost_model import CostModel
-from parallel.planner import plan_step
-from parallel.planner.step import DEFAULT_TIME_BUDGET_S
+from parallel.planner import build_problem, plan_step
+from parallel.planner.batch_bound import batch_lower_bound
+from parallel.planner.budget import step_budget_s
+from parallel.planner.fast_path import fast_plan
+from parallel.planner.step import DEFAULT_TIME_BUDGET_S, wait_for_solver
 from pretrain.arg_parser import OneLineErrorParser
 from pretrain.errors import HetronError
 
@@ -35,8 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="longest sequence kept, in tokens (default 196608; --cap: its old name)")
     p.add_argument("--batches", type=int, default=20, help="global batches to plan (default 20)")
     p.add_argument("--batch-size", type=int, default=512, help="sequences per global batch (default 512)")
-    p.add_argument("--budget-ms", type=float, default=1000 * DEFAULT_TIME_BUDGET_S,
-                   help=f"plan_step time budget per batch (default {1000 * DEFAULT_TIME_BUDGET_S:g})")
+    p.add_argument("--budget-ms", type=float, default=0.0,
+                   help="plan_step time budget per batch; 0 (default): as the trainer's default, half the previous "
+                        f"batch's simulated step within 0.05..5 s ({1000 * DEFAULT_TIME_BUDGET_S:g} ms for the first)")
     p.add_argument("--solver", default="highs", choices=["highs", "cbc", "none"], help="plan_step's MILP solver")
     p.add_argument("--milp-seconds", type=float, default=10.0,
                    help="time limit per micro-batch of the FlexSP MILP baseline; 0 skips it (default 10)")
@@ -72,9 +77,15 @@ def load_batches(path: str, num_ranks: int, cap: int, batch_size: int, batches: 
 
 
 def run_policies(batches, num_ranks, cost_model, args, static_degree, progress=None):
+    last_step_s = [None]  # the previous batch's simulated step, for --budget-ms 0
+
+    def hetron(lengths):
+        budget = args.budget_ms / 1000 if args.budget_ms > 0 else step_budget_s(last_step_s[0])
+        return plan_step(lengths, num_ranks, cost_model, time_budget_s=budget, solver=args.solver)
+
     policies = {
-        "hetron": lambda b: plan_step(b, num_ranks, cost_model, time_budget_s=args.budget_ms / 1000,
-                                      solver=args.solver),
+        "hetron": hetron,
+        "greedy": lambda b: plan_step(b, num_ranks, cost_model, solver="none"),
         f"static-d{static_degree}": lambda b: simulate.static_plan(b, num_ranks, cost_model, static_degree),
         "batch-adaptive": lambda b: simulate.batch_adaptive_plan(b, num_ranks, cost_model),
         "per-sequence": lambda b: simulate.per_sequence_plan(b, num_ranks, cost_model),
@@ -84,16 +95,20 @@ def run_policies(batches, num_ranks, cost_model, args, static_degree, progress=N
             b, num_ranks, cost_model, time_limit_s=args.milp_seconds,
             extra_micro_batches=args.milp_extra_micro_batches)
     results = {name: {"per_batch_ms": [], "planning_ms": [], "planning_cpu_ms": [], "plans": []} for name in policies}
-    bounds = []
+    bounds = {"work_floor_ms": [], "lp_bound_ms": []}
     task = progress.add_task("planning", total=len(batches) * len(policies)) if progress else None
     for lengths in batches:
-        bounds.append(simulate.lower_bound_ms(lengths, num_ranks, cost_model))
+        problem = build_problem(lengths, num_ranks, cost_model)
+        bounds["work_floor_ms"].append(problem.lower_bound_ms())
+        bounds["lp_bound_ms"].append(batch_lower_bound(problem, fast_plan(problem).total_ms).bound_ms)
         for name, policy in policies.items():
             if progress:
                 progress.update(task, description=f"{name:>15}")
             start, cpu_start = time.perf_counter(), time.process_time()
             plan = policy(lengths)
             elapsed = 1000 * (time.perf_counter() - start)
+            # a late solver finishes here, as it would during the step; its CPU counts for this plan
+            wait_for_solver(60.0)
             results[name]["planning_cpu_ms"].append(1000 * (time.process_time() - cpu_start))
             plan.validate(lengths, cost_model)
             results[name]["per_batch_ms"].append(simulate.iteration_time_ms(plan, lengths, cost_model))
@@ -101,49 +116,67 @@ def run_policies(batches, num_ranks, cost_model, args, static_degree, progress=N
             results[name]["plans"].append(plan)
             if progress:
                 progress.advance(task)
+        last_step_s[0] = results["hetron"]["per_batch_ms"][-1] / 1000
     return results, bounds
 
 
 def summarise(results, bounds, static_name) -> dict:
-    bound = sum(bounds)
+    lp_bound, floor = sum(bounds["lp_bound_ms"]), sum(bounds["work_floor_ms"])
     static_total = sum(results[static_name]["per_batch_ms"])
     per_seq_total = sum(results["per-sequence"]["per_batch_ms"])
+    greedy = results["greedy"]["per_batch_ms"]
     out = {}
     for name, r in results.items():
         total = sum(r["per_batch_ms"])
+        ran = [b for b, p in enumerate(r["plans"]) if p.milp_ran]
         out[name] = {
             "total_ms": total,
             "speedup_vs_static": static_total / total,
             "speedup_vs_per_sequence": per_seq_total / total,
-            "gap_to_lower_bound": total / bound - 1,
+            "gap_to_lp_bound": total / lp_bound - 1,
+            "gap_to_work_floor": total / floor - 1,
+            "milp_ran_batches": len(ran),
+            "milp_improved_batches": sum(1 for p in r["plans"] if p.milp_improved),
+            "late_batches": sum(1 for p in r["plans"] if p.late),
+            "saved_vs_greedy_on_milp_batches_ms": sum(greedy[b] - r["per_batch_ms"][b] for b in ran),
             "planning_ms_median": statistics.median(r["planning_ms"]),
             "planning_ms_max": max(r["planning_ms"]),
             "planning_cpu_ms_median": statistics.median(r["planning_cpu_ms"]),
             "planning_cpu_ms_max": max(r["planning_cpu_ms"]),
             "per_batch_ms": r["per_batch_ms"],
             "planning_ms": r["planning_ms"],
+            "planning_cpu_ms": r["planning_cpu_ms"],
             "statuses": sorted({p.solver_status.split(":")[0] for p in r["plans"]}),
         }
     return out
 
 
-def print_table(summary: dict, bound: float, title: str) -> None:
+def print_table(summary: dict, bounds: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    lp_bound, floor = sum(bounds["lp_bound_ms"]), sum(bounds["work_floor_ms"])
     table = Table(title=title)
-    for col in ("policy", "total s", "vs static", "vs per-seq", "gap to LB", "plan ms median", "plan ms max",
-                "cpu ms median", "cpu ms max"):
+    for col in ("policy", "total s", "vs static", "vs per-seq", "gap to LP bound", "gap to floor",
+                "milp ran / improved", "plan ms median", "plan ms max", "cpu ms median", "cpu ms max"):
         table.add_column(col, justify="right" if col != "policy" else "left")
     for name, s in summary.items():
+        milp = f"{s['milp_ran_batches']} / {s['milp_improved_batches']}" if name == "hetron" else ""
         table.add_row(name, f"{s['total_ms'] / 1000:.2f}", f"{s['speedup_vs_static']:.3f}x",
-                      f"{s['speedup_vs_per_sequence']:.3f}x", f"{100 * s['gap_to_lower_bound']:.1f}%",
+                      f"{s['speedup_vs_per_sequence']:.3f}x", f"{100 * s['gap_to_lp_bound']:.2f}%",
+                      f"{100 * s['gap_to_work_floor']:.2f}%", milp,
                       f"{s['planning_ms_median']:.1f}", f"{s['planning_ms_max']:.1f}",
                       f"{s['planning_cpu_ms_median']:.1f}", f"{s['planning_cpu_ms_max']:.1f}")
-    table.add_row("lower bound", f"{bound / 1000:.2f}", "", "", "0.0%", "", "", "", "")
-    Console(width=140).print(table)
-    print(f"plan ms = wall clock of one batch's planning; cpu ms = process CPU time (load average now "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    table.add_row("LP bound", f"{lp_bound / 1000:.2f}", "", "", "0.00%", f"{100 * (lp_bound / floor - 1):.2f}%",
+                  "", "", "", "", "")
+    table.add_row("work floor", f"{floor / 1000:.2f}", "", "", "", "0.00%", "", "", "", "", "")
+    Console(width=170).print(table)
+    h = summary["hetron"]
+    print(f"hetron: the MILP ran on {h['milp_ran_batches']} of {len(h['per_batch_ms'])} batches and improved the "
+          f"greedy on {h['milp_improved_batches']}, saving {h['saved_vs_greedy_on_milp_batches_ms']:.1f} ms "
+          f"of simulated time on them; the solver was late on {h['late_batches']}")
+    print(f"plan ms = wall clock of one batch's planning; cpu ms = process CPU time of it, a late solver's "
+          f"remainder included (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
 
 def main(argv: list[str]) -> int:
@@ -171,17 +204,19 @@ def main(argv: list[str]) -> int:
     summary = summarise(results, bounds, static_name)
     title = (f"{Path(args.lengths).name}: N={args.gpus}, {args.model if not args.cost_model else args.cost_model}, "
              f"cap {args.cap}, {len(batches)} batches x {args.batch_size}, kernels: {native.BACKEND}")
-    print_table(summary, sum(bounds), title)
+    print_table(summary, bounds, title)
     config = {"lengths": args.lengths, "gpus": args.gpus, "model": args.model, "cost_model": cost_model.to_dict(),
               "cap": args.cap, "batch_size": args.batch_size, "budget_ms": args.budget_ms, "solver": args.solver,
               "milp_seconds": args.milp_seconds, "static_degree": static_degree, "kernels": native.BACKEND, **stats}
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": config, "lower_bound_ms": sum(bounds),
-                                               "lower_bound_per_batch_ms": bounds, "policies": summary}, indent=1))
+        Path(args.json).write_text(json.dumps({"config": config, "lp_bound_ms": sum(bounds["lp_bound_ms"]),
+                                               "work_floor_ms": sum(bounds["work_floor_ms"]),
+                                               "per_batch": bounds, "policies": summary}, indent=1))
     if args.plans_out:
         Path(args.plans_out).write_text(json.dumps({
             "config": config,
-            "batches": [{"batch": b, "lengths": lengths,
+            "batches": [{"batch": b, "lengths": lengths, "lp_bound_ms": bounds["lp_bound_ms"][b],
+                         "work_floor_ms": bounds["work_floor_ms"][b],
                          "plans": {name: r["plans"][b].to_dict() for name, r in results.items()}}
                         for b, lengths in enumerate(batches)]}))
     if args.gantt:

@@ -7,7 +7,8 @@
 - per-sequence: each sequence on ceil_pow2(L / C) ranks (Megatron dynamic-CP-like), groups packed by
   our packer (longest first, LPT); a stronger baseline than plain LPT;
 - milp: FlexSP's own procedure with a long time limit: contiguous micro-batches by the partition DP,
-  one MILP per micro-batch, warm start = the best homogeneous plan of that micro-batch.
+  one MILP per micro-batch, warm-started from the best homogeneous plan of that micro-batch (which is
+  also kept if the MILP ends worse).
 """
 from __future__ import annotations
 
@@ -117,7 +118,8 @@ def milp_plan(lengths: Sequence[int], num_ranks: int, cost_model: CostModel, *, 
         packed, status = [], []
         for chunk in contiguous_split(problem, order, m):
             warm = homogeneous_pack(problem, chunk)
-            result = milp.solve_micro_batch(problem, chunk, cost_model, time_limit_s=time_limit_s, solver=solver)
+            result = milp.solve_micro_batch(problem, chunk, cost_model, time_limit_s=time_limit_s, solver=solver,
+                                            warm_start=warm)
             status.append(result.status)
             options = [mb for mb in (warm, result.micro_batch) if mb is not None]
             if not options:

@@ -2,6 +2,8 @@
 import json
 import random
 
+import pytest
+
 from parallel.cost_model import CostModel
 from parallel.plan import SequenceParallelPlan
 from pretrain import cli
@@ -24,19 +26,29 @@ def test_plan_bench_writes_summary_plans_and_gantt(tmp_path, capsys):
                    "--gantt", str(png)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "hetron" in printed and "static-d8" in printed and "lower bound" in printed
+    assert "hetron" in printed and "static-d8" in printed and "LP bound" in printed and "work floor" in printed
+    assert "the MILP ran on" in printed
     summary = json.loads(out.read_text())
     policies = summary["policies"]
-    assert set(policies) == {"hetron", "static-d8", "batch-adaptive", "per-sequence", "milp-0.5s"}
+    assert set(policies) == {"hetron", "greedy", "static-d8", "batch-adaptive", "per-sequence", "milp-0.5s"}
     assert summary["config"]["dropped_over_cap"] == 1
+    assert summary["lp_bound_ms"] >= summary["work_floor_ms"]
     for p in policies.values():
-        assert p["total_ms"] >= summary["lower_bound_ms"] * (1 - 1e-12)
+        assert p["total_ms"] >= summary["lp_bound_ms"] * (1 - 1e-12)
         assert abs(p["speedup_vs_static"] - policies["static-d8"]["total_ms"] / p["total_ms"]) < 1e-9
+        assert p["gap_to_lp_bound"] == pytest.approx(p["total_ms"] / summary["lp_bound_ms"] - 1)
+        assert len(p["planning_cpu_ms"]) == 2 and all(c >= 0 for c in p["planning_cpu_ms"])
+    hetron = policies["hetron"]
+    assert 0 <= hetron["milp_improved_batches"] <= hetron["milp_ran_batches"] <= 2
+    assert hetron["total_ms"] <= policies["greedy"]["total_ms"] + 1e-9
     cm = CostModel.preset("7b")
     for batch in json.loads(plans.read_text())["batches"]:
         assert len(batch["lengths"]) == 64 and all(x % 16 == 0 for x in batch["lengths"])
         for plan in batch["plans"].values():
-            SequenceParallelPlan.from_dict(plan).validate(batch["lengths"], cm)
+            parsed = SequenceParallelPlan.from_dict(plan)
+            parsed.validate(batch["lengths"], cm)
+            # re-priced from the lengths alone, no plan beats the batch's LP bound
+            assert parsed.time_ms(batch["lengths"], cm) >= batch["lp_bound_ms"] * (1 - 1e-12)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

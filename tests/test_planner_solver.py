@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parallel.cost_model import CostModel
-from parallel.planner import batch_bound, build_problem, milp, plan_step, repack_milp, solvers
+from parallel.planner import batch_bound, build_problem, milp, plan_step, repack_milp, solvers, step
 from parallel.planner.fast_path import fast_plan
 from parallel.planner.linear_model import ColumnsBuilder, RowsBuilder
 
@@ -56,7 +56,7 @@ def test_timeout_returns_the_greedy_plan_without_waiting(monkeypatch):
         finished.set()
         raise RuntimeError("never")
 
-    monkeypatch.setattr(repack_milp, "repack", stuck)
+    monkeypatch.setattr(step, "improve_micro_batch", stuck)
     plan = plan_step(BATCH, 8, CM, time_budget_s=0.5, gap_tolerance=-1.0)
     assert not finished.is_set()  # plan_step came back while the solver was still stuck
     assert plan.late and "solver late: budget ended during milp on micro-batch" in plan.solver_status
@@ -72,7 +72,7 @@ def test_solver_failure_returns_the_greedy_plan(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("solver exploded")
 
-    monkeypatch.setattr(repack_milp, "repack", broken)
+    monkeypatch.setattr(step, "improve_micro_batch", broken)
     plan = plan_step(BATCH, 8, CM, time_budget_s=2.0, gap_tolerance=-1.0)
     assert "solver failed: RuntimeError: solver exploded" in plan.solver_status
     assert plan.micro_batches == fast_only(BATCH, 8).micro_batches and plan.method == "greedy"

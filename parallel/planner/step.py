@@ -1,8 +1,8 @@
 """plan_step: the per-step planner. The greedy fast path gives a plan at once. Then, in a worker
 thread and within the hard budget, the LP relaxation of the whole batch gives a lower bound on every
-plan (`batch_bound`), and a MILP re-packs the busiest groups of the micro-batches furthest from their
-floors exactly, warm-started from the greedy's assignment (`repack_milp`); a MILP result is kept
-only where it is faster. The caller
+plan (`batch_bound`), and a MILP re-solves the micro-batches furthest from their floors exactly
+(small ones: FlexSP's MILP with a bucket per sequence; large ones: a re-pack of their busiest groups,
+`repack_milp`), warm-started from the greedy's packing; a MILP result is kept only where it is faster. The caller
 never waits past the budget: what the worker has finished by then is used, a late solver is named
 in `solver_status` and flagged (`SequenceParallelPlan.late`), and the greedy plan stands for the rest."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from parallel.cost_model import CostModel
 from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
-from parallel.planner import repack_milp, solvers
+from parallel.planner import milp, repack_milp, solvers
 from parallel.planner.batch_bound import batch_lower_bound
 from parallel.planner.fast_path import FastPlan, PackedMicroBatch, fast_plan
 from parallel.planner.problem import PlanningProblem, build_problem
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIME_BUDGET_S = 0.05
 MIN_SOLVER_TIME_S = 0.005  # a MILP with less than this left is not started
 LP_SHARE = 0.6  # of the budget, at most, for the batch's LP bound
+EXACT_MAX_MEMBERS = 48  # micro-batches this small get the exact MILP (group sizes free), larger a re-pack
 _solver_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hetron-milp")
 _solver_busy = threading.Lock()
 
@@ -85,26 +86,57 @@ def solve_in_shadow(problem: PlanningProblem, plan: FastPlan, cost_model: CostMo
         if bound.solver:
             progress.solvers_used.add(bound.solver)
     gaps = [mb.span_ms - micro_batch_floor_ms(problem, mb) for mb in plan.micro_batches]
-    order = sorted(range(len(gaps)), key=lambda k: (-gaps[k], k))
+    order = [k for k in sorted(range(len(gaps)), key=lambda k: (-gaps[k], k))
+             if gaps[k] > gap_tolerance * plan.micro_batches[k].span_ms]
     progress.stage = "done"  # unless a MILP is left out for want of time (below)
-    for k in order:
-        if gaps[k] <= gap_tolerance * plan.micro_batches[k].span_ms:
-            break
-        if deadline - time.perf_counter() < MIN_SOLVER_TIME_S:
+    for n, k in enumerate(order):
+        left = deadline - time.perf_counter()
+        if left < MIN_SOLVER_TIME_S:
             with progress.lock:
                 progress.milp_statuses.append("not started: budget used up")
             break
         progress.stage = f"milp on micro-batch {k}"
+        # an equal share of what is left for each micro-batch still to do (time saved carries over)
+        share = time.perf_counter() + left / (len(order) - n)
         old = plan.micro_batches[k]
-        result = repack_milp.repack(problem, old, solver=solver, deadline=deadline)
+        ran, status, used, better = improve_micro_batch(problem, old, cost_model, solver, share)
         with progress.lock:
-            progress.milp_ran += 1 if result.rounds else 0
-            progress.milp_statuses.append(result.status)
-            if result.rounds:
-                progress.solvers_used.add(result.solver)
-            if result.improved:
-                progress.improved[k] = result.micro_batch
+            progress.milp_ran += int(ran)
+            progress.milp_statuses.append(status)
+            if ran:
+                progress.solvers_used.add(used)
+            if better is not None:
+                progress.improved[k] = better
         progress.stage = "done"
+
+
+def improve_micro_batch(problem: PlanningProblem, old: PackedMicroBatch, cost_model: CostModel, solver: str,
+                        deadline: float) -> tuple[bool, str, str, PackedMicroBatch | None]:
+    """(a MILP ran, its status, the solver, the faster micro-batch or None). A micro-batch of at most
+    EXACT_MAX_MEMBERS sequences gets FlexSP's MILP with one bucket per sequence (exact, group sizes
+    chosen anew); a larger one the re-pack of its busiest groups (`repack_milp`). Both start from
+    the greedy's packing."""
+    if len(old.members) <= EXACT_MAX_MEMBERS:
+        result = milp.solve_micro_batch(problem, old.members, cost_model, time_limit_s=deadline - time.perf_counter(),
+                                        solver=solver, max_buckets=len(old.members), deadline=deadline,
+                                        warm_start=old)
+        better = result.micro_batch
+        ran = not result.status.startswith("not started")
+        if better is None or better.span_ms >= old.span_ms * (1 - 1e-9):  # float noise is no improvement
+            better = None
+        return ran, result.status, result.solver, better
+    result = repack_milp.repack(problem, old, solver=solver, deadline=deadline)
+    return result.rounds > 0, result.status, result.solver, result.micro_batch if result.improved else None
+
+
+def wait_for_solver(timeout_s: float) -> bool:
+    """Block until the solver worker of an earlier plan_step has finished (True) or timeout_s passed.
+    The trainer never calls this (a step does not wait on a plan); a benchmark that plans batches
+    back to back uses it to stand in for the step that runs between two plans."""
+    if not _solver_busy.acquire(timeout=timeout_s):
+        return False
+    _solver_busy.release()
+    return True
 
 
 def _run_worker(*args):
