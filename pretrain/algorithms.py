@@ -9,6 +9,7 @@ def build_algorithms(cfg) -> list[Algorithm]:
     from pretrain.live_forecast import LiveForecast
     from pretrain.memory_ledger import MemoryLedgerLog
     from pretrain.reweighting import LossReweighting
+    from pretrain.throughput import ThroughputLog
 
     algorithms: list[Algorithm] = []
     if cfg.lisa.enabled:  # first: it rebuilds DDP and the optimizer that later hooks see
@@ -17,5 +18,6 @@ def build_algorithms(cfg) -> list[Algorithm]:
         algorithms.append(LossReweighting(cfg.reweight))
     if cfg.forecast.every:
         algorithms.append(LiveForecast(cfg.forecast, cfg.schedule))
+    algorithms.append(ThroughputLog(cfg.run.peak_tflops))
     algorithms.append(MemoryLedgerLog())  # last: counts memory after every other hook
     return algorithms

@@ -31,6 +31,7 @@ class RunConfig:
     tensorboard: bool = True
     plot: bool = True
     progress: bool = True
+    peak_tflops: float = 0.0  # one device's peak, for MFU; 0: a known GPU's dense bf16 peak (none on CPU)
 
 
 @dataclass
@@ -424,6 +425,8 @@ def validate(cfg: Config) -> None:
     positive("parallel.tensor", cfg.parallel.tensor)
     positive("parallel.pipeline", cfg.parallel.pipeline)
     positive("run.log_every", cfg.run.log_every)
+    if cfg.run.peak_tflops < 0:
+        raise ConfigError(f"run.peak_tflops={cfg.run.peak_tflops} must be >= 0 (0: the known peak of the GPU, if any)")
     if cfg.train.eval_every < 0 or cfg.train.eval_batches < 0:
         raise ConfigError("train.eval_every and train.eval_batches must be >= 0 (0 disables eval)")
     if cfg.train.precision not in ("auto", "bf16", "fp32"):

@@ -1,5 +1,5 @@
-"""The progress display of rank 0: a rich bar with step, loss, tokens/s and ETA, or plain lines
-when the output is not a terminal (logs, CI)."""
+"""The progress display of rank 0: a rich bar with step, loss, tokens/s, model TFLOP/s per rank (and MFU
+when the device's peak is known) and ETA, or plain lines when the output is not a terminal (logs, CI)."""
 from __future__ import annotations
 
 import sys
@@ -24,11 +24,12 @@ class TrainingProgress:
             self._bar = Progress(
                 TextColumn("step {task.completed}/{task.total}"), BarColumn(),
                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
+                TextColumn("{task.fields[throughput]}"),
                 TextColumn("{task.fields[extra]}"), TimeRemainingColumn(),
             )
             self._bar.__enter__()
             self._task = self._bar.add_task("train", total=self.total, completed=self.start_step, loss="-",
-                                            rate="-", extra="")
+                                            rate="-", throughput="", extra="")
         return self
 
     def __exit__(self, *exc):
@@ -40,13 +41,22 @@ class TrainingProgress:
         if not self.enabled:
             return
         extra = f"eval {metrics['eval_loss']:.3f}" if "eval_loss" in metrics else ""
+        throughput = throughput_text(metrics)
         if "forecast_final_loss" in metrics:
             extra += f" forecast {metrics['forecast_final_loss']:.3f}"
         if self._bar is not None:
             self._bar.update(self._task, completed=metrics["step"], loss=f"{metrics['loss']:.4f}",
-                             rate=f"{metrics['tokens_per_s']:,.0f}", extra=extra)
+                             rate=f"{metrics['tokens_per_s']:,.0f}", throughput=throughput, extra=extra)
         elif metrics["step"] % self.every == 0 or metrics["step"] == self.total or extra:
             done = metrics["step"] - self.start_step
             eta = (time.time() - self._t0) / max(done, 1) * (self.total - metrics["step"])
             print(f"step {metrics['step']}/{self.total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                  f"{metrics['tokens_per_s']:,.0f} tok/s {extra} eta {eta:.0f}s", flush=True)
+                  f"{metrics['tokens_per_s']:,.0f} tok/s {throughput} {extra} eta {eta:.0f}s", flush=True)
+
+
+def throughput_text(metrics: dict) -> str:
+    """'0.012 TFLOP/s/rank' (model FLOPs), with ' MFU 41.3%' when the device's peak is known."""
+    if "model_tflops_per_rank" not in metrics:
+        return ""
+    text = f"{metrics['model_tflops_per_rank']:.3g} TFLOP/s/rank"
+    return text + (f" MFU {100 * metrics['mfu']:.1f}%" if metrics.get("mfu") is not None else "")

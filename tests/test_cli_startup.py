@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, error_lines
+from conftest import REPO, error_lines
 
 HEAVY = ("torch", "megatron", "streaming", "transformers")  # seconds each; yaml, numpy, submitit are not
 

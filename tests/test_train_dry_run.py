@@ -9,8 +9,8 @@ from data.shard_cache import ensure_shards
 from pretrain.architecture import PRESETS
 from pretrain.config import DataConfig, config_yaml, dump_config, load_config
 from pretrain.errors import HetronError
-from tests.conftest import error_lines
-from tests.test_cli_startup import heavy, run_with_import_list
+from conftest import error_lines
+from test_cli_startup import heavy, run_with_import_list
 
 
 def files_under(path) -> list[str]:

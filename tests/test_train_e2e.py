@@ -6,7 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import TINY, error_lines, run_hetron
+
+from data.prepare import Manifest
+from pretrain.architecture import padded_vocab_size, resolve_model, training_flops_per_token
+from pretrain.config import ParallelConfig, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +94,14 @@ def test_summary_metrics_and_plot(tmp_path, small_shards):
     assert (run / "loss.png").stat().st_size > 1000
     assert list((run / "tensorboard").glob("events.*"))
     assert (run / "config.yaml").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["num_layers"] == 2  # resolved, not null
+    # model FLOPs: 6 per matmul parameter + attention, over the step time, per rank; no MFU on CPU
+    arch = resolve_model(load_config(str(run / "config.yaml")).model, ParallelConfig())
+    vocab = padded_vocab_size(Manifest.load(small_shards).vocab_size, 1)
+    for r in rows:
+        expected = training_flops_per_token(arch, vocab) * r["batch_tokens"] / r["step_s"] / 1e12
+        assert r["model_tflops_per_rank"] == pytest.approx(expected) and r["mfu"] is None
+    assert "MFU not reported on CPU" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------ bad inputs

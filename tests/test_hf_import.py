@@ -1,0 +1,200 @@
+"""Hugging Face <-> hetron with real transformers models (tiny, random, made here from configs).
+
+- the layouts megatron-core gives fused tensors, checked against its own attention split and its
+  TP shards (pure);
+- HF -> hetron: packed documents through hetron's GPTModel (DocumentAttention, per-document RoPE)
+  give transformers' logits on each document alone, at TP1 and TP2, for Llama (GQA, Llama-3
+  rope_scaling), Mistral (GQA) and Qwen2 (QKV bias, tied embeddings);
+- HF -> hetron checkpoint -> HF reproduces every tensor bitwise and loads with no missing or
+  unexpected keys;
+- a model trained at PP2 by hetron, exported, gives hetron's logits and greedy generation;
+- bad inputs: one line, exit 2, nothing written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import error_lines, run_hetron
+
+from pretrain.hf import tensor_map
+
+FAMILIES = ("llama", "mistral", "qwen2")
+TOL = 1e-4
+
+
+# ----------------------------------------------------------------------------------- pure layouts
+
+
+def test_fused_qkv_groups_query_heads_with_their_key_and_value():
+    layout = tensor_map.Layout(num_attention_heads=4, num_query_groups=2, head_dim=3, vocab_size=5,
+                               padded_vocab_size=8, tie_embeddings=False, qkv_bias=True)
+    q = torch.arange(12.0)[:, None].repeat(1, 2)  # rows: head h holds 3h..3h+2
+    k, v = 100 + torch.arange(6.0)[:, None].repeat(1, 2), 200 + torch.arange(6.0)[:, None].repeat(1, 2)
+    fused = tensor_map.fuse_qkv(q, k, v, layout)
+    # megatron's SelfAttention view: (groups, (heads/groups + 2) * head_dim) -> [q heads, k, v] per group
+    rows = fused[:, 0].reshape(2, 4 * 3)
+    assert rows[0].tolist() == [0, 1, 2, 3, 4, 5, 100, 101, 102, 200, 201, 202]
+    assert rows[1].tolist() == [6, 7, 8, 9, 10, 11, 103, 104, 105, 203, 204, 205]
+    assert all(torch.equal(a, b) for a, b in zip(tensor_map.split_qkv(fused, layout), (q, k, v)))
+    # TP2: rank r holds query group r whole
+    assert torch.equal(tensor_map.tensor_parallel_shard("qkv_weight", fused, 1, 2)[:, 0], rows[1])
+
+
+def test_fc1_shards_hold_their_slice_of_gate_then_up():
+    gate, up = torch.arange(8.0)[:, None], 10 + torch.arange(8.0)[:, None]
+    whole = tensor_map.to_megatron("fc1", [gate, up], None)
+    assert tensor_map.tensor_parallel_shard("fc1", whole, 1, 2)[:, 0].tolist() == [4, 5, 6, 7, 14, 15, 16, 17]
+    assert all(torch.equal(a, b) for a, b in zip(tensor_map.to_hf("fc1", whole, None), (gate, up)))
+
+
+def test_llama3_rope_scaling_equals_transformers():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from parallel.document_attention import rotary_inverse_frequencies
+    from parallel.rope_scaling import scaled_inverse_frequencies
+    from tests.hf_models import LLAMA3_SCALING
+
+    config = LlamaConfig(hidden_size=128, num_attention_heads=2, rope_theta=500000.0, rope_scaling=LLAMA3_SCALING)
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    got = scaled_inverse_frequencies(rotary_inverse_frequencies(64, 500000.0), LLAMA3_SCALING)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"model_type": "gpt2"}, "model_type='gpt2'"),
+    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling.rope_type='yarn'"),
+    ({"attention_bias": True}, "attention_bias=true"),
+    ({"head_dim": 32}, "head_dim=32"),
+    ({"num_hidden_layers": None}, "'num_hidden_layers' is missing"),
+])
+def test_unsupported_config_is_one_line_naming_the_key(change, key):
+    from pretrain.errors import ConfigError
+    from pretrain.hf.hf_config import hetron_model_fields
+
+    config = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "intermediate_size": 96, "vocab_size": 300} | change
+    with pytest.raises(ConfigError, match="config.json") as err:
+        hetron_model_fields(config)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------ with real models
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory) -> dict[str, Path]:
+    from tests.hf_models import make_model
+
+    root = tmp_path_factory.mktemp("hf")
+    return {family: make_model(family, root / family, seed=i) for i, family in enumerate(FAMILIES)}
+
+
+@pytest.fixture(scope="module")
+def token_inputs(tmp_path_factory) -> Path:
+    gen = torch.Generator().manual_seed(7)
+    documents = [torch.randint(0, 280, (n,), generator=gen).tolist() for n in (23, 61, 1, 40)]
+    path = tmp_path_factory.mktemp("tokens") / "tokens.pt"
+    torch.save({"documents": documents, "prompt": documents[0][:9], "new_tokens": 6}, path)
+    return path
+
+
+def hetron_outputs(tmp_path: Path, token_inputs: Path, sources: list[str], tensor: int = 1) -> dict:
+    from launch.local import spawn_ranks
+
+    out = tmp_path / f"hetron-tp{tensor}.pt"
+    code = spawn_ranks("tests.hf_harness", [str(out), str(token_inputs), ",".join(sources), f"parallel.tensor={tensor}"],
+                       tensor, tmp_path / f"logs-tp{tensor}")
+    assert code == 0, (tmp_path / f"logs-tp{tensor}").glob("*")
+    return torch.load(out)
+
+
+def transformers_model(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def per_document_logits(model, documents: list[list[int]]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(torch.tensor([doc])).logits[0] for doc in documents])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tensor", [1, 2])
+def test_packed_logits_equal_transformers_per_document(tmp_path, hf_dirs, token_inputs, tensor):
+    results = hetron_outputs(tmp_path, token_inputs, [f"hf:{hf_dirs[f]}" for f in FAMILIES], tensor)
+    documents = torch.load(token_inputs)["documents"]
+    for family in FAMILIES:
+        expected = per_document_logits(transformers_model(hf_dirs[family]), documents)
+        got = results[f"hf:{hf_dirs[family]}"]["logits"]
+        assert got.shape[0] == expected.shape[0] and got.shape[1] >= expected.shape[1]
+        diff = (got[:, :expected.shape[1]] - expected).abs().max().item()
+        assert diff <= TOL, f"{family} at TP{tensor}: max |logit difference| {diff:.2e}"
+
+
+@pytest.fixture(scope="module")
+def imported_qwen2(tmp_path_factory, hf_dirs) -> Path:
+    out = tmp_path_factory.mktemp("imported") / "qwen2-ckpt"
+    proc = run_hetron(["import-hf", str(hf_dirs["qwen2"]), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def load_quietly_checking_keys(folder: Path):
+    """transformers' model, failing on any load report of missing, unexpected or mismatched keys."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, output_loading_info=True)
+    assert {k: v for k, v in info.items() if v} == {}
+    AutoTokenizer.from_pretrained(str(folder))
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_round_trip_reproduces_every_tensor_bitwise(tmp_path, hf_dirs, imported_qwen2):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "exported"
+    proc = run_hetron(["export-hf", str(imported_qwen2), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    original, exported = load_file(hf_dirs["qwen2"] / "model.safetensors"), load_file(out / "model.safetensors")
+    assert sorted(original) == sorted(exported)
+    assert [k for k in original if not torch.equal(original[k], exported[k])] == []
+    before, after = (json.loads((d / "config.json").read_text()) for d in (hf_dirs["qwen2"], out))
+    assert {k: (before.get(k), after.get(k)) for k in before if before.get(k) != after.get(k)} == {}
+    load_quietly_checking_keys(out)
+
+
+@pytest.mark.slow
+def test_model_trained_at_pp2_exports_to_its_logits_and_generation(tmp_path, small_corpus, hf_dirs, imported_qwen2,
+                                                                     token_inputs):
+    run = tmp_path / "run"
+    proc = run_hetron(["train", f"init_from={imported_qwen2}", f"data.corpus={small_corpus / 'json'}",
+                       f"run.dir={run}", "parallel.pipeline=2", "launch.nproc=2", "train.steps=2",
+                       "checkpoint.every=2", "model.seq_length=128", "data.global_batch_tokens=1024",
+                       "schedule.peak_lr=3e-3", "train.eval_every=0", "run.tensorboard=false", "run.plot=false",
+                       "--no-progress"])
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "exported"
+    proc = run_hetron(["export-hf", str(run), "--out", str(out), "--max-shard-size", "100KB"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(out.glob("model-*-of-*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
+    checkpoint = sorted((run / "checkpoints").glob("step_*"))[-1]
+    ours = hetron_outputs(tmp_path, token_inputs, [str(checkpoint)])[str(checkpoint)]
+    model = load_quietly_checking_keys(out)
+    inputs = torch.load(token_inputs)
+    expected = per_document_logits(model, inputs["documents"])
+    diff = (ours["logits"][:, :expected.shape[1]] - expected).abs().max().item()
+    assert diff <= TOL, f"max |logit difference| {diff:.2e}"
+    before = per_document_logits(transformers_model(hf_dirs["qwen2"]), inputs["documents"])
+    assert (before - expected).abs().max() > 100 * TOL  # training changed the weights
+    prompt = torch.tensor([inputs["prompt"]])
+    with torch.no_grad():
+        generated = model.generate(prompt, max_new_tokens=inputs["new_tokens"], do_sample=False)[0, prompt.shape[1]:]
+    assert generated.tolist() == ours["generated"][:len(generated)]
