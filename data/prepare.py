@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from data.corpus import iter_documents
-from data.tokenizer import EOS, PAD, load_tokenizer, special_id, tokenizer_fingerprint, train_bpe
+from data.tokenizer import (
+    EOS,
+    PAD,
+    TOKENIZER_CONFIG,
+    document_special_ids,
+    load_tokenizer,
+    special_id,
+    tokenizer_file,
+    tokenizer_fingerprint,
+    train_bpe,
+)
 from pretrain.errors import HetronError
 
 MANIFEST = "manifest.json"
@@ -119,12 +129,15 @@ def prepare_shards(
         tok = load_tokenizer(tokenizer_path)
     else:
         tok = train_bpe((d.text for d in docs), vocab_size)
-    eos, pad = special_id(tok, EOS), special_id(tok, PAD)
+    eos, pad = document_special_ids(tok, tokenizer_path) if tokenizer_path else (special_id(tok, EOS), special_id(tok, PAD))
 
     tmp = out.with_name(out.name + f".tmp-{int(time.time() * 1e6)}")
     tmp.mkdir(parents=True)
     try:
         tok.save(str(tmp / TOKENIZER))
+        if tokenizer_path and (tokenizer_file(tokenizer_path).parent / TOKENIZER_CONFIG).is_file():
+            # later stages prepared with the shards' tokenizer.json keep its EOS/PAD convention
+            shutil.copy2(tokenizer_file(tokenizer_path).parent / TOKENIZER_CONFIG, tmp / TOKENIZER_CONFIG)
         stats = {s: SplitStats() for s in SPLITS}
         lengths = {s: [] for s in SPLITS}
         writers = {s: MDSWriter(out=str(tmp / s), columns=COLUMNS, size_limit="32mb") for s in SPLITS}

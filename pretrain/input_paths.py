@@ -24,8 +24,9 @@ def check_input_paths(cfg: Config, seq_length: int) -> None:
         problem = corpus_problem(data.corpus)
         if problem:
             raise ConfigError(f"data.corpus={data.corpus} {problem}, or set data.shards=FOLDER of prepared shards")
-    if data.tokenizer and not Path(data.tokenizer).is_file():
-        raise ConfigError(f"data.tokenizer={data.tokenizer}: no such file (a tokenizer.json; empty: train one on the corpus)")
+    if data.tokenizer and not (Path(data.tokenizer).is_file() or (Path(data.tokenizer) / "tokenizer.json").is_file()):
+        raise ConfigError(f"data.tokenizer={data.tokenizer}: no such file (a tokenizer.json or a folder holding one; "
+                          "empty: train one on the corpus)")
     for i, stage in enumerate(cfg.stages):
         for j, stream in enumerate(stage.data):
             if not stream.path or (Path(stream.path) / MANIFEST).is_file() or stream.path == STDLIB:
