@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("pretrain.calibrate_cli", "measure and fit the sequence-parallel cost model here"),
     "submit": ("pretrain.submit_cli", "submit a training job to Slurm through submitit"),
     "status": ("launch.status_cli", "show the state of a submitted job"),
+    "import-hf": ("pretrain.hf.import_cli", "write a hetron checkpoint of a Hugging Face Llama/Mistral/Qwen2 model"),
+    "export-hf": ("pretrain.hf.export_cli", "write a run's checkpoint as a Hugging Face model folder"),
 }
 
 

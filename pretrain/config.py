@@ -400,10 +400,10 @@ def load_config(config_file: str | None = None, overrides: list[str] = ()) -> Co
             schedule.setdefault("warmup_steps", schedule["total_steps"] // 10)
         tree["schedule"] = schedule
     config = _build(Config, tree, "")
-    if config.init_from.startswith("hf:"):
-        from pretrain.hf.hf_config import apply_hf_model
+    if config.init_from:
+        from pretrain.hf.hf_config import apply_init_model
 
-        apply_hf_model(config)  # the architecture (and default tokenizer) of the Hugging Face model
+        apply_init_model(config)  # an imported model's architecture (and default tokenizer)
     validate(config)
     return config
 

@@ -2,6 +2,7 @@
 budget, per-token loss over the whole global batch, LR schedule, eval, metrics and checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, replace
@@ -165,6 +166,9 @@ class Trainer:
                  "dp_size": self.info.dp_size, "schedule": self.cfg.schedule.to_dict(),
                  "tokenizer_fingerprint": self.manifest.tokenizer_fingerprint,
                  "architecture": self.arch.__dict__,
+                 # what `hetron export-hf` needs beyond the architecture (pretrain/hf/exporter.py)
+                 "model": dataclasses.asdict(self.cfg.model), "vocab_size": self.manifest.vocab_size,
+                 "tokenizer": str((self.shards / "tokenizer.json").resolve()),
                  "stages": self.stage_plan.describe() if self.stage_plan is not None else None,
                  "lr_schedule": self.schedule_record()}
         return ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.step, self.model_chunks, self.optimizer, state,
@@ -173,6 +177,12 @@ class Trainer:
     def initialize_from(self, path: Path) -> Path:
         """A new run from an earlier run's weights (and optimizer state unless init_optimizer=reset), at
         step 0 with this run's data and schedule; the earlier run's stages feed replay and eval."""
+        if str(path).startswith("hf:"):
+            from pretrain.hf.load import load_hf_weights, reload_optimizer_params
+
+            load_hf_weights(Path(str(path)[3:]), self.model_chunks)
+            reload_optimizer_params(self.optimizer)
+            return path
         path = Path(path)
         if not (path / ckpt.STATE_FILE).is_file():
             found = ckpt.newest_checkpoint(path) or ckpt.newest_checkpoint(path / "checkpoints")
@@ -182,9 +192,18 @@ class Trainer:
         state, components = ckpt.read_trainer_state(path)
         if state.get("tokenizer_fingerprint") != self.manifest.tokenizer_fingerprint:
             raise HetronError(f"init_from={path} was trained with another tokenizer than the shards in {self.shards}")
-        keep = self.cfg.init_optimizer == "keep"
+        # `hetron import-hf` writes weights only: no optimizer state, no data history
+        weights_only = bool(state.get("weights_only"))
+        keep = self.cfg.init_optimizer == "keep" and not weights_only
         ckpt.load_model_and_optimizer(path, self.model_chunks, self.optimizer if keep else None, self.info.rank)
-        if self.staged_loader is not None:
+        if not keep:
+            from pretrain.hf.load import reload_optimizer_params
+
+            reload_optimizer_params(self.optimizer)
+        if weights_only and self.cfg.replay.fraction > 0 and len(self.cfg.stages) < 2:
+            raise HetronError(f"init_from={path} holds imported weights only, no hetron data to replay; "
+                              "set replay.fraction=0 or add a stage before")
+        if self.staged_loader is not None and not weights_only:
             self.staged_loader.set_history(init_history(components, replay=self.cfg.replay.fraction > 0))
         return path
 

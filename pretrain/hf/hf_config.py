@@ -18,6 +18,9 @@ FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2
 DEFAULT_MAX_SEQ_LENGTH = 4096
 ARCHITECTURE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
                        "normalization", "activation", "position_embedding")
+# Every model field an imported model sets (hetron_model_fields' keys).
+HF_MODEL_FIELDS = ARCHITECTURE_FIELDS + ("seq_length", "rotary_base", "tie_embeddings", "vocab_size", "norm_epsilon",
+                                         "qkv_bias", "rope_scaling")
 
 
 def read_hf_config(folder: Path) -> dict:
@@ -145,14 +148,28 @@ def hf_config_fields(model: dict, vocab_size: int, *, base: dict | None = None) 
     return model_type, fields
 
 
-def apply_hf_model(cfg) -> None:
-    """init_from=hf:DIR: the model section becomes DIR's architecture. Architecture fields the user
-    set explicitly must agree with it (model.seq_length may shorten the context); with no
-    data.tokenizer, DIR's tokenizer is the run's."""
-    folder = Path(cfg.init_from[3:])
-    where = f"init_from={cfg.init_from}: config.json"
-    config = read_hf_config(folder)
-    fields = hetron_model_fields(config, where)
+def apply_init_model(cfg) -> None:
+    """A run started from another model takes that model's architecture: init_from=hf:DIR (DIR's
+    config.json) or a checkpoint written by `hetron import-hf` (the fields it recorded). Architecture
+    fields the user set explicitly must agree with it (model.seq_length may shorten the context);
+    with no data.tokenizer, the model's tokenizer is the run's. Other init_from checkpoints were
+    trained by hetron with the run's own model section: nothing changes."""
+    if cfg.init_from.startswith("hf:"):
+        folder = Path(cfg.init_from[3:])
+        where = f"init_from={cfg.init_from}: config.json"
+        config = read_hf_config(folder)
+        fields = hetron_model_fields(config, where)
+    else:
+        folder = Path(cfg.init_from) / "hf"  # pretrain.hf.importer.HF_FILES_DIR
+        where = f"init_from={cfg.init_from}"
+        try:
+            state = json.loads((Path(cfg.init_from) / "hetron_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # not a checkpoint folder (a run folder), or unreadable: the trainer reports it
+        if not state.get("weights_only") or not isinstance(state.get("model"), dict):
+            return
+        config = read_hf_config(folder) if (folder / "config.json").is_file() else {}
+        fields = {k: v for k, v in state["model"].items() if k in HF_MODEL_FIELDS}
     for name in ARCHITECTURE_FIELDS:
         explicit = getattr(cfg.model, name)
         if explicit is not None and explicit != fields[name]:
