@@ -1,5 +1,7 @@
 """C++ kernels vs their pure-Python twins on the planner's real inputs (wikipedia.txt, N=64, 7B),
-and plan_step end to end with each. Prints ratios measured in the same run.
+and plan_step end to end with each; then the cost of building the planner's LP/MILPs as arrays for
+highspy's passModel against building the same models through pulp, at N = 64, 256, 1024. Prints
+ratios measured in the same run.
 
     .venv/bin/python benchmarks/bench_planner.py [--lengths FILE] [--gpus 64] [--repeats 5]
 """
@@ -15,7 +17,8 @@ import numpy as np
 
 from parallel import native
 from parallel.cost_model import CostModel
-from parallel.planner import build_problem, kernels_py, plan_step
+from parallel.planner import build_problem, kernels_py, milp, plan_step, repack_milp, solvers
+from parallel.planner.batch_bound import build_batch_lp
 from parallel.planner.fast_path import fast_plan
 
 DEFAULT_LENGTHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seqlens" / "wikipedia.txt"
@@ -67,6 +70,31 @@ def measure_batch(lengths, n, cm, cpp, repeats):
     return rows
 
 
+def measure_model_building(kept, n, cm, repeats):
+    """(model, variables, arrays CPU ms, pulp CPU ms, HiGHS CPU ms for the batch LP) for one batch at N=n."""
+    lengths = kept[:512].tolist()
+    problem = build_problem(lengths, n, cm)
+    greedy = fast_plan(problem)
+    biggest = max(greedy.micro_batches, key=lambda mb: len(mb.members))
+    members = np.asarray(biggest.members)
+    work = problem.lower_bound_ms() - problem.beta * problem.min_micro_batches()
+    m = problem.min_micro_batches()
+    cases = {
+        "FlexSP MILP, 16 buckets (largest micro-batch)": lambda: milp.build_micro_batch_model(problem, members, cm).model,
+        f"batch LP bound ({m} micro-batches)": lambda: build_batch_lp(problem, m, work, greedy.total_ms),
+        "re-pack MILP (largest micro-batch)": lambda: repack_milp.build_repack_model(
+            problem, biggest, repack_milp.neighbourhood(repack_milp.group_times(problem, biggest)))[0],
+    }
+    rows = []
+    for name, build in cases.items():
+        model = build()
+        arrays = best_ms(build, repeats)
+        via_pulp = best_ms(lambda model=model: solvers.pulp_problem(model), max(1, repeats // 2))
+        solve = best_ms(lambda model=model: solvers.solve(model, "highs", 10.0, relax=True), repeats)
+        rows.append((name, model.num_cols, model.num_rows, arrays, via_pulp, solve))
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--lengths", default=str(DEFAULT_LENGTHS))
@@ -97,6 +125,19 @@ def main() -> int:
         print(f"{name:<34} {c:>16.3f} {py:>19.1f} {py / c:>7.0f}x")
         if name.startswith("plan_step"):
             print(f"RATIO {name}, Python twin / C++ CPU ms: {py / c:.0f}x")
+    print()
+    print(f"Building the planner's models: NumPy arrays (for Highs.passModel) vs the same model through pulp; "
+          f"first batch of 512, best of {args.repeats}, CPU ms")
+    print(f"{'N':>5} {'model':<46} {'columns':>8} {'rows':>6} {'arrays ms':>10} {'pulp ms':>9} {'ratio':>6} "
+          f"{'HiGHS LP relaxation ms':>23}")
+    for gpus in (64, 256, 1024):
+        padded_n = -(-raw // (2 * gpus)) * (2 * gpus)
+        kept_n = padded_n[padded_n <= 196608 - 2 * gpus]
+        for name, cols, nrows, arrays, via_pulp, solve in measure_model_building(kept_n, gpus, cm, args.repeats):
+            print(f"{gpus:>5} {name:<46} {cols:>8} {nrows:>6} {arrays:>10.2f} {via_pulp:>9.1f} "
+                  f"{via_pulp / arrays:>5.0f}x {solve:>23.1f}")
+            if gpus == 64 and name.startswith("FlexSP"):
+                print(f"RATIO FlexSP MILP build at N=64, pulp / arrays CPU ms: {via_pulp / arrays:.0f}x")
     return 0
 
 

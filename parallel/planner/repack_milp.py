@@ -1,8 +1,9 @@
 """The per-step MILP: re-pack part of a greedy micro-batch exactly (real lengths, no bucket padding),
 warm-started from the greedy's own assignment.
 
-A micro-batch's span is its busiest group's time. Take the groups within CRITICAL of the span and as
-many of the least loaded groups (at least LIGHT_GROUPS), free their sequences, and solve, with the
+A micro-batch's span is its busiest group's time. Take the groups within CRITICAL of the span (the
+MAX_BUSY busiest of them) and as many of the least loaded groups (at least LIGHT_GROUPS), free their
+sequences, and solve, with the
 groups' sizes kept, binary x[i,g] = sequence i runs on chosen group g:
   minimise M  s.t.  sum_g x[i,g] = 1;  sum_i T(L_i, d_g) x[i,g] <= M;  sum_i L_i x[i,g] <= d_g C;
   x[i,g] = 0 where d_g cannot hold L_i.
@@ -23,6 +24,7 @@ from parallel.planner.problem import PlanningProblem
 
 CRITICAL = 0.995  # groups at >= this fraction of the span are re-packed
 LIGHT_GROUPS = 2  # at least this many of the least loaded groups join them
+MAX_BUSY = 8  # at most this many busy groups per round (the model grows with groups x sequences)
 MAX_ROUNDS = 8
 
 
@@ -44,7 +46,8 @@ def group_times(problem: PlanningProblem, packed: PackedMicroBatch) -> np.ndarra
 def neighbourhood(times: np.ndarray) -> list[int]:
     """The groups to re-pack: the busiest ones and as many of the least loaded."""
     span = float(times.max())
-    busy = [int(g) for g in np.flatnonzero(times >= CRITICAL * span)]
+    by_load = np.lexsort((np.arange(len(times)), -times))
+    busy = [int(g) for g in by_load[:MAX_BUSY] if times[g] >= CRITICAL * span]
     light = [int(g) for g in np.lexsort((np.arange(len(times)), times)) if int(g) not in busy]
     return busy + light[:max(LIGHT_GROUPS, len(busy))]
 

@@ -106,7 +106,9 @@ def _solve_highs(model: LinearModel, limit: float, warm_start, relax: bool) -> S
     return SolveResult("highs", word, x, objective, bound)
 
 
-def _solve_cbc(model: LinearModel, limit: float, warm_start, relax: bool) -> SolveResult:
+def pulp_problem(model: LinearModel, relax: bool = False, warm_start=None):
+    """The model as a pulp LpProblem (one Python object per variable and row: the slow way to build
+    it, kept for CBC), and its variables in column order."""
     import pulp
 
     prob = pulp.LpProblem("hetron_planner", pulp.LpMinimize)
@@ -129,6 +131,13 @@ def _solve_cbc(model: LinearModel, limit: float, warm_start, relax: bool) -> Sol
     if warm_start is not None and not relax:
         for var, value in zip(xs, np.asarray(warm_start).tolist()):
             var.setInitialValue(value)
+    return prob, xs
+
+
+def _solve_cbc(model: LinearModel, limit: float, warm_start, relax: bool) -> SolveResult:
+    import pulp
+
+    prob, xs = pulp_problem(model, relax, warm_start)
     with warnings.catch_warnings():  # pulp 3.3 deprecates the bundled CBC for 4.0
         warnings.simplefilter("ignore", DeprecationWarning)
         cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, threads=1, warmStart=warm_start is not None and not relax)
