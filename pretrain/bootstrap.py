@@ -33,9 +33,6 @@ def check_data_against_model(cfg: Config, shards: Path, manifest, arch) -> None:
     if cfg.data.global_batch_tokens < arch.seq_length:
         raise ConfigError(f"data.global_batch_tokens={cfg.data.global_batch_tokens} is smaller than one sequence "
                           f"(model.seq_length={arch.seq_length})")
-    if cfg.model.vocab_size is not None and manifest.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"the tokenizer of the shards in {shards} has {manifest.vocab_size} tokens, more than "
-                          f"model.vocab_size={cfg.model.vocab_size} embedding rows")
     if cfg.data.tokenizer:
         from data.tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -43,6 +40,9 @@ def check_data_against_model(cfg: Config, shards: Path, manifest, arch) -> None:
         if fp != manifest.tokenizer_fingerprint:
             raise HetronError(f"data.tokenizer={cfg.data.tokenizer} does not match the tokenizer the shards in "
                               f"{shards} were made with; re-run `hetron prepare` with it")
+    if cfg.model.vocab_size is not None and manifest.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"the tokenizer of the shards in {shards} has {manifest.vocab_size} tokens, more than "
+                          f"model.vocab_size={cfg.model.vocab_size} embedding rows")
 
 
 def _check_resume(cfg: Config) -> None:

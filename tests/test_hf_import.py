@@ -198,3 +198,79 @@ def test_model_trained_at_pp2_exports_to_its_logits_and_generation(tmp_path, sma
     with torch.no_grad():
         generated = model.generate(prompt, max_new_tokens=inputs["new_tokens"], do_sample=False)[0, prompt.shape[1]:]
     assert generated.tolist() == ours["generated"][:len(generated)]
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+def _copy_model(src: Path, dst: Path, *, weights: bool = True) -> Path:
+    import shutil
+
+    dst.mkdir()
+    for f in src.iterdir():
+        if weights or not f.name.endswith(".safetensors"):
+            shutil.copy2(f, dst / f.name)
+    return dst
+
+
+def _bad_import_folder(case: str, llama: Path, tmp: Path) -> tuple[Path, str]:
+    from tests.hf_models import rewrite_config
+
+    if case == "missing config":
+        folder = _copy_model(llama, tmp / "m")
+        (folder / "config.json").unlink()
+        return folder, "holds no config.json"
+    if case == "missing weights":
+        return _copy_model(llama, tmp / "m", weights=False), "holds no weights"
+    folder = _copy_model(llama, tmp / "m")
+    if case == "unsupported architecture":
+        rewrite_config(folder, model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"])
+        return folder, "model_type='gpt_neox' is not supported"
+    if case == "unsupported rope type":
+        rewrite_config(folder, rope_scaling={"rope_type": "yarn", "factor": 4.0})
+        return folder, "rope_scaling.rope_type='yarn' is not supported"
+    raise ValueError(case)
+
+
+def assert_one_line_error(proc, expected: str) -> None:
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("case", ["missing config", "missing weights", "unsupported architecture",
+                                  "unsupported rope type"])
+def test_bad_model_folder_is_one_line_and_writes_nothing(tmp_path, hf_dirs, case):
+    folder, expected = _bad_import_folder(case, hf_dirs["llama"], tmp_path)
+    out = tmp_path / "out" / "ckpt"
+    proc = run_hetron(["import-hf", str(folder), "--out", str(out)])
+    assert_one_line_error(proc, expected)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_unsupported_rope_type_stops_training_before_anything_is_written(tmp_path, hf_dirs):
+    folder, expected = _bad_import_folder("unsupported rope type", hf_dirs["llama"], tmp_path)
+    proc = run_hetron(["train", f"init_from=hf:{folder}", f"run.dir={tmp_path / 'run'}", "--no-progress"])
+    assert_one_line_error(proc, expected)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_tokenizer_that_disagrees_with_the_shards_is_one_line(tmp_path, hf_dirs, small_shards):
+    proc = run_hetron(["train", f"init_from=hf:{hf_dirs['llama']}", f"data.shards={small_shards}",
+                       f"run.dir={tmp_path / 'run'}", "model.seq_length=256", "--no-progress"])
+    assert_one_line_error(proc, "does not match the tokenizer the shards")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_export_of_a_folder_without_checkpoints_or_into_a_used_folder_is_one_line(tmp_path, imported_qwen2):
+    proc = run_hetron(["export-hf", str(tmp_path), "--out", str(tmp_path / "exported")])
+    assert_one_line_error(proc, "holds no complete checkpoint")
+    assert not (tmp_path / "exported").exists()
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    proc = run_hetron(["export-hf", str(imported_qwen2), "--out", str(used)])
+    assert_one_line_error(proc, "already exists and is not empty")
+    assert [p.name for p in used.iterdir()] == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []

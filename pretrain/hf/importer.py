@@ -42,14 +42,15 @@ def source_layout(cfg):
 def import_hf(folder: Path, out: Path) -> dict:
     """Writes the checkpoint; returns a summary (parameters, bytes, seconds)."""
     from data.tokenizer import load_tokenizer, tokenizer_fingerprint
-    from pretrain.hf.load import check_hf_tensor_names
     from pretrain.hf.staging import check_new_output, staged_folder
-    from pretrain.hf.weight_files import HfWeightReader
 
     start = time.time()
     folder, out = Path(folder), Path(out)
     check_new_output(out)
-    cfg = import_config(folder)
+    cfg = import_config(folder)  # config.json errors come before torch is imported
+    from pretrain.hf.load import check_hf_tensor_names
+    from pretrain.hf.weight_files import HfWeightReader
+
     if not (folder / "tokenizer.json").is_file():
         raise HetronError(f"{folder} holds no tokenizer.json (a checkpoint records its tokenizer; save the model's "
                           "fast tokenizer there)")
