@@ -83,6 +83,10 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     eval_every: int = 50
     eval_batches: int = 4
+    # activation recomputation, megatron's: none | full (whole layers) | selective (the core attention)
+    recompute_granularity: str = "none"
+    recompute_method: str = "uniform"  # full: uniform (chunks of recompute_num_layers) | block (the first N per stage)
+    recompute_num_layers: int = 0  # full: 0 = 1 layer per chunk (uniform) or every layer of a stage (block)
 
 
 @dataclass
@@ -458,7 +462,22 @@ def validate(cfg: Config) -> None:
 
     arch = resolve_model(cfg.model, cfg.parallel)
     cfg.lisa.validate(arch.num_layers, cfg.parallel.pipeline)
+    validate_recompute(cfg.train, arch.num_layers // cfg.parallel.pipeline)
     validate_sequence_parallel(cfg, arch)
+
+
+def validate_recompute(train: TrainConfig, layers_per_stage: int) -> None:
+    granularity, method, n = train.recompute_granularity, train.recompute_method, train.recompute_num_layers
+    if granularity not in ("none", "full", "selective"):
+        raise ConfigError(f"train.recompute_granularity={granularity!r} is not one of none, full, selective")
+    if method not in ("uniform", "block"):
+        raise ConfigError(f"train.recompute_method={method!r} is not one of uniform, block")
+    if not 0 <= n <= layers_per_stage:
+        raise ConfigError(f"train.recompute_num_layers={n} must lie in 0..{layers_per_stage} (the layers of a "
+                          "pipeline stage; 0: all of them with block, one per chunk with uniform)")
+    if granularity != "full" and n:
+        raise ConfigError(f"train.recompute_num_layers={n} needs train.recompute_granularity=full "
+                          "(selective recomputes the core attention of every layer)")
 
 
 def validate_sequence_parallel(cfg: Config, arch) -> None:

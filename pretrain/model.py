@@ -54,6 +54,7 @@ def transformer_config(arch: Architecture, cfg, *, bf16: bool):
         tensor_model_parallel_size=cfg.parallel.tensor,
         pipeline_model_parallel_size=cfg.parallel.pipeline,
         sequence_parallel=False,
+        **recompute_args(cfg.train, arch.num_layers // cfg.parallel.pipeline),
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -71,6 +72,17 @@ def transformer_config(arch: Architecture, cfg, *, bf16: bool):
     tc.hetron_rotary_base = cfg.model.rotary_base if arch.position_embedding == "rope" else None
     tc.hetron_rope_scaling = cfg.model.rope_scaling
     return tc
+
+
+def recompute_args(train, layers_per_stage: int) -> dict:
+    """train.recompute_* as megatron's TransformerConfig takes them (validated in pretrain.config)."""
+    if train.recompute_granularity == "none":
+        return {}
+    if train.recompute_granularity == "selective":
+        return {"recompute_granularity": "selective"}
+    default = 1 if train.recompute_method == "uniform" else layers_per_stage
+    return {"recompute_granularity": "full", "recompute_method": train.recompute_method,
+            "recompute_num_layers": train.recompute_num_layers or default}
 
 
 def build_gpt_model(cfg, arch: Architecture, vocab_size: int, *, bf16: bool, pre_process: bool = True,

@@ -6,7 +6,9 @@ HARNESS_PLAN=2,1,1 runs the batch with a fixed sequence-parallel plan whose ever
 groups of those sizes (sp.mode must not be off); HARNESS_PLAN=4;2,1,1 alternates the patterns by
 micro-batch; HARNESS_SKEW_RANK=R makes rank R plan another batch;
 HARNESS_WEIGHTS=OTHER.pt weighs the samples with another run's weights.
-Rank 0 writes {"loss", "grads": {name: full fp32 gradient}, "sample_losses", "weights"} to OUT.pt.
+Rank 0 writes {"loss", "grads": {name: full fp32 gradient}, "sample_losses", "weights",
+"attention_calls"} to OUT.pt; attention_calls counts the core attention's forwards on rank 0 (twice per
+layer and micro-batch when megatron recomputes it in the backward).
 The distributed optimizer is off so every rank's DDP buffer holds the full all-reduced gradient.
 """
 from __future__ import annotations
@@ -60,6 +62,16 @@ def main(argv: list[str]) -> int:
     from pretrain.bootstrap import load_prepared
     from pretrain.trainer import Trainer
 
+    from parallel.document_attention import DocumentAttention
+
+    attention_calls = [0]
+    plain_forward = DocumentAttention.forward
+
+    def counted_forward(self, *args, **kwargs):
+        attention_calls[0] += 1
+        return plain_forward(self, *args, **kwargs)
+
+    DocumentAttention.forward = counted_forward
     out = Path(argv[0])
     cfg = load_config(None, ["parallel.distributed_optimizer=false", "resume=never", *argv[1:]])
     info = init_distributed(cfg.parallel.tensor, cfg.parallel.pipeline, "gloo", threads=1)
@@ -102,7 +114,7 @@ def main(argv: list[str]) -> int:
         grads = {name: p.main_grad.detach().float().clone() for name, p in module.named_parameters()}
         if info.is_main:
             torch.save({"loss": loss, "grads": grads, "sample_losses": losses, "weights": weights,
-                        "lengths": [len(x) - 1 for x in samples]}, out)
+                        "lengths": [len(x) - 1 for x in samples], "attention_calls": attention_calls[0]}, out)
     finally:
         shutdown()
     return 0
