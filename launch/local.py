@@ -105,16 +105,30 @@ def _wait_all(procs: list[subprocess.Popen], log_dir: Path, stop: _ForwardStopSi
             codes = [p.poll() for p in procs]
             _stop(procs)
             failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            killed = [(r, -c) for r, c in failed if c < 0]  # polled before _stop: signals from outside
+            if killed:
+                # A rank killed from outside (OOM killer, kill -9): the others only saw a lost peer.
+                rank, signum = killed[0]
+                print(f"launcher: rank {rank} (pid {procs[rank].pid}) on {socket.gethostname()} died of "
+                      f"{_signal_name(signum)}; the other ranks were stopped", file=sys.stderr)
+                return 128 + signum
             rank, code = failed[0]
             if rank != 0:
                 last = _last_line(log_dir / f"rank_{rank}.log")
                 if last:
                     print(f"rank {rank}: {last}", file=sys.stderr)
-            return code
+            return code if code > 0 else 128 - code
         elif all(c == 0 for c in codes):
             _stop(procs)  # reap helpers a rank may have left behind
             return 0
         time.sleep(0.2)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _terminate_with_parent() -> None:

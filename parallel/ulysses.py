@@ -13,6 +13,7 @@ aligned ranges by `align_groups`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -31,7 +32,7 @@ class SequenceParallelPackedParams(PackedSeqParams):
 class SequenceParallelGroups:
     """All aligned power-of-two ranges of the data-parallel ranks, as process groups."""
 
-    def __init__(self, sizes: list[int]):
+    def __init__(self, sizes: list[int], timeout: timedelta | None = None):
         from megatron.core import parallel_state as ps
 
         self.dp_size = ps.get_data_parallel_world_size()
@@ -46,7 +47,7 @@ class SequenceParallelGroups:
             for start in range(0, self.dp_size, size):
                 for ranks in dp_lists:
                     members = ranks[start:start + size]
-                    group = dist.new_group(members)
+                    group = dist.new_group(members, timeout=timeout)
                     if my_rank in members:
                         self._groups[(start, size)] = group
 

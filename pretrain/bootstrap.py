@@ -132,7 +132,8 @@ def start_rank(cfg: Config, *, pipeline: int | None = None, threads: int | None 
         # checkpoint at the next step boundary, not the default action (terminate, losing the steps).
         preemption.install(signal.SIGUSR2)
     info = init_distributed(cfg.parallel.tensor, cfg.parallel.pipeline if pipeline is None else pipeline,
-                            cfg.launch.backend, threads_for_rank(cfg) if threads is None else threads)
+                            cfg.launch.backend, threads_for_rank(cfg) if threads is None else threads,
+                            timeout_s=cfg.launch.timeout_s)
     if info.is_main:
         _report_accelerators(info)
     return info, data

@@ -111,6 +111,8 @@ class LaunchConfig:
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     master_port: int = 0  # 0: pick a free port
     threads_per_rank: int = 0  # torch intra-op threads; 0: cores / ranks
+    # a collective that waits longer than this fails every rank (a dead rank or node ends the job)
+    timeout_s: float = 600.0
 
 
 @dataclass
@@ -426,6 +428,7 @@ def validate(cfg: Config) -> None:
     positive("checkpoint.every", cfg.checkpoint.every)
     positive("checkpoint.keep", cfg.checkpoint.keep)
     positive("launch.nproc", cfg.launch.nproc)
+    positive("launch.timeout_s", cfg.launch.timeout_s)
     positive("parallel.tensor", cfg.parallel.tensor)
     positive("parallel.pipeline", cfg.parallel.pipeline)
     positive("run.log_every", cfg.run.log_every)

@@ -35,8 +35,12 @@ class RankInfo:
         return self.pp_rank == self.pp_size - 1
 
 
-def init_distributed(tensor: int, pipeline: int, backend: str = "auto", threads: int = 0) -> RankInfo:
-    """Initialise torch.distributed (env://) and megatron's parallel state for this process."""
+def init_distributed(tensor: int, pipeline: int, backend: str = "auto", threads: int = 0,
+                     timeout_s: float = 600.0) -> RankInfo:
+    """Initialise torch.distributed (env://) and megatron's parallel state for this process.
+
+    timeout_s (launch.timeout_s) bounds every collective of the world and of megatron's groups: a rank
+    or node that dies without closing its connections fails the others after this long."""
     from megatron.core import parallel_state as ps
 
     cuda = torch.cuda.is_available()
@@ -57,11 +61,13 @@ def init_distributed(tensor: int, pipeline: int, backend: str = "auto", threads:
     if cuda:
         torch.cuda.set_device(gpu)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timedelta(minutes=10))
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
     if world % (tensor * pipeline):
         raise ValueError(f"world size {world} is not divisible by parallel.tensor*parallel.pipeline={tensor * pipeline}")
     if not ps.model_parallel_is_initialized():
-        ps.initialize_model_parallel(tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline)
+        # megatron's groups take their own timeout (torch's new_group default is 30 minutes)
+        ps.initialize_model_parallel(tensor_model_parallel_size=tensor, pipeline_model_parallel_size=pipeline,
+                                     distributed_timeout_minutes=timeout_s / 60)
     return RankInfo(
         rank=rank, world_size=world, local_rank=local_rank,
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(),

@@ -78,6 +78,8 @@ def run_rank(cfg: Config) -> int:
     from pretrain.trainer import Trainer
 
     info, (arch, shards, manifest) = start_rank(cfg)
+    me, hosts = share_rank_hosts(cfg, info)
+    trainer = None
     try:
         trainer = Trainer(cfg, info, arch, shards, manifest, build_algorithms(cfg))
         trainer.build()
@@ -105,8 +107,46 @@ def run_rank(cfg: Config) -> int:
         if info.is_main:
             _finish(cfg, summary)
         return 0
+    except RuntimeError as exc:  # torch.distributed's errors are RuntimeErrors
+        if not is_communication_failure(exc):
+            raise
+        from pretrain.checkpoint import newest_checkpoint
+        from pretrain.errors import HetronError
+        from pretrain.rank_hosts import lost_peer_message
+
+        newest = newest_checkpoint(cfg.checkpoint_dir)
+        raise HetronError(lost_peer_message(exc, hosts, me, trainer.step if trainer else 0,
+                                            str(newest) if newest else None)) from None
     finally:
         shutdown()
+
+
+def share_rank_hosts(cfg: Config, info):
+    """Every rank's host and address; rank 0 records them in the run folder and says where ranks run."""
+    import os
+
+    import torch.distributed as dist
+
+    from pretrain.rank_hosts import hosts_summary, this_rank, write_table
+
+    me = this_rank(info.rank, os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "0")))
+    table = [None] * info.world_size
+    dist.all_gather_object(table, me)
+    if info.is_main:
+        write_table(Path(cfg.run.dir), table)
+        if info.world_size > 1:
+            print(f"hetron: {hosts_summary(table)}", flush=True)
+    return me, table
+
+
+def is_communication_failure(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return any(mark in text for mark in ("gloo", "Connection closed by peer", "Connection reset by peer",
+                                         "c10d", "NCCL", "ProcessGroup", "Timed out"))
 
 
 def _finish(cfg: Config, summary: dict) -> None:
