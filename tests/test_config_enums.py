@@ -17,6 +17,8 @@ ENUMS = {
     "model.position_embedding": (["rope", "learned"], []),
     "model.spec": (["auto", "local", "te"], []),
     "train.precision": (["auto", "bf16", "fp32"], []),
+    "train.recompute_granularity": (["none", "full", "selective"], []),
+    "train.recompute_method": (["uniform", "block"], ["train.recompute_granularity=full"]),
     "launch.backend": (["auto", "nccl", "gloo"], []),
     "sp.mode": (["off", "static", "adaptive"], []),
     "sp.solver": (["highs", "cbc", "none"], ["sp.mode=adaptive"]),
