@@ -231,7 +231,7 @@ def main_predict(argv: list[str]) -> int:
     else:
         steps = np.unique(np.linspace(spec.warmup_steps, spec.total_steps - 1, 11).astype(int))
     if len(steps) == 0 or steps.min() < 1 or steps.max() >= spec.total_steps:
-        raise HetronError(f"--at: steps must lie in 1..{spec.total_steps - 1}: steps count from 0 as hetron logs them, "
+        raise HetronError(f"--at: steps must lie in 1..{spec.total_steps - 1}: steps index the schedule from 0, "
                           f"so the last of total_steps={spec.total_steps} is step {spec.total_steps - 1}")
     from pretrain.scaling_law.laws import predict_loss
 
