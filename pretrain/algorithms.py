@@ -9,6 +9,7 @@ def build_algorithms(cfg) -> list[Algorithm]:
     from pretrain.live_forecast import LiveForecast
     from pretrain.memory_ledger import MemoryLedgerLog
     from pretrain.reweighting import LossReweighting
+    from pretrain.step_profiler import StepProfiler
     from pretrain.throughput import ThroughputLog
 
     algorithms: list[Algorithm] = []
@@ -18,6 +19,8 @@ def build_algorithms(cfg) -> list[Algorithm]:
         algorithms.append(LossReweighting(cfg.reweight))
     if cfg.forecast.every:
         algorithms.append(LiveForecast(cfg.forecast, cfg.schedule))
+    if cfg.run.profile_steps:
+        algorithms.append(StepProfiler(cfg.run.profile_steps))
     algorithms.append(ThroughputLog(cfg.run.peak_tflops))
     algorithms.append(MemoryLedgerLog())  # last: counts memory after every other hook
     return algorithms

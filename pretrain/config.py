@@ -32,6 +32,7 @@ class RunConfig:
     plot: bool = True
     progress: bool = True
     peak_tflops: float = 0.0  # one device's peak, for MFU; 0: a known GPU's dense bf16 peak (none on CPU)
+    profile_steps: list[int] = field(default_factory=list)  # e.g. 10,11: torch.profiler traces in run.dir/profile/
 
 
 @dataclass
@@ -287,6 +288,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 errors.append(exc)
         raise errors[0]
     if origin is list:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):  # key=10,11 or key=10
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r} must be a list")
         (inner,) = typing.get_args(tp) or (Any,)
@@ -432,6 +435,9 @@ def validate(cfg: Config) -> None:
     positive("parallel.tensor", cfg.parallel.tensor)
     positive("parallel.pipeline", cfg.parallel.pipeline)
     positive("run.log_every", cfg.run.log_every)
+    if any(step < 1 or step > cfg.train.steps for step in cfg.run.profile_steps):
+        raise ConfigError(f"run.profile_steps={','.join(map(str, cfg.run.profile_steps))}: steps count from 1 to "
+                          f"train.steps={cfg.train.steps}")
     if cfg.run.peak_tflops < 0:
         raise ConfigError(f"run.peak_tflops={cfg.run.peak_tflops} must be >= 0 (0: the known peak of the GPU, if any)")
     if cfg.train.eval_every < 0 or cfg.train.eval_batches < 0:

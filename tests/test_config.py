@@ -33,6 +33,9 @@ def test_yaml_file_then_overrides(tmp_path):
     ("schedule.total_steps=10", "schedule.total_steps=10 is shorter than train.steps=150"),
     ("resume=/no/such/ckpt", "resume='/no/such/ckpt'"),
     ("train", "is not key=value"),
+    ("run.profile_steps=0", "run.profile_steps=0: steps count from 1 to train.steps=150"),
+    ("run.profile_steps=3,x", "run.profile_steps[1]='x' must be an integer"),
+    ("train.recompute_granularity=some", "train.recompute_granularity='some' is not one of none, full, selective"),
 ])
 def test_errors_name_the_key(override, message):
     with pytest.raises(ConfigError) as info:
@@ -45,3 +48,11 @@ def test_invalid_yaml_is_named(tmp_path):
     path.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
         load_config(str(path))
+
+
+def test_list_keys_take_comma_separated_values(tmp_path):
+    assert load_config(None, ["run.profile_steps=10,11"]).run.profile_steps == [10, 11]
+    assert load_config(None, ["run.profile_steps=7"]).run.profile_steps == [7]
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  profile_steps: [4, 5]\n")
+    assert load_config(str(path)).run.profile_steps == [4, 5]

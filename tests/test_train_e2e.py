@@ -85,7 +85,8 @@ def test_kill_while_writing_checkpoint_keeps_previous_one(tmp_path, small_shards
 def test_summary_metrics_and_plot(tmp_path, small_shards):
     run = tmp_path / "run"
     proc = run_hetron(["train", f"run.dir={run}", f"data.shards={small_shards}", *TINY[:-4], "train.steps=4",
-                       "train.eval_every=2", "launch.nproc=1", "checkpoint.every=4", "--no-progress"])
+                       "train.eval_every=2", "launch.nproc=1", "checkpoint.every=4", "--no-progress",
+                       "run.profile_steps=3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out loss" in proc.stdout and str(run.resolve()) in proc.stdout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -102,6 +103,10 @@ def test_summary_metrics_and_plot(tmp_path, small_shards):
         expected = training_flops_per_token(arch, vocab) * r["batch_tokens"] / r["step_s"] / 1e12
         assert r["model_tflops_per_rank"] == pytest.approx(expected) and r["mfu"] is None
     assert "MFU not reported on CPU" in proc.stdout
+    (trace,) = (run / "profile").iterdir()  # the chosen step only, rank 0 of 1
+    assert trace.name == "step_00000003-rank_0.json"
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert any(e.get("name", "").startswith("aten::") for e in events)
 
 
 # ------------------------------------------------------------------------------------ bad inputs
