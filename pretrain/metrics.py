@@ -50,30 +50,65 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_loss_curve(run_dir: Path, out: Path | None = None) -> Path:
+def smoothed(values: list[float]) -> list[float]:
+    """Exponential moving average of a noisy curve, debiased at the start (as TensorBoard's smoothing),
+    spanning about a fifteenth of the points."""
+    span = max(2, len(values) // 15)
+    keep = 1.0 - 2.0 / (span + 1)
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = keep * average + (1.0 - keep) * value
+        out.append(average / (1.0 - keep**i))
+    return out
+
+
+def loss_figure(rows: list[dict], title: str):
+    """Loss (raw and smoothed train loss, held-out loss, forecasts) over steps with a tokens axis on top,
+    and the LR below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir / "metrics.jsonl")
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    if train:
-        ax.plot(*zip(*train), label="train loss", lw=1.2)
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="held-out loss", lw=1.5)
     forecasts = [(r["step"], r["forecast_final_loss"]) for r in rows if "forecast_final_loss" in r]
+    lrs = [(r["step"], r["lr"]) for r in rows if "lr" in r]
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if train:
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, label="train loss", lw=0.8, alpha=0.35, color="C0")
+        ax.plot(steps, smoothed(list(losses)), label="train loss (smoothed)", lw=1.6, color="C0")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="held-out loss", lw=1.5, color="C1")
     if forecasts:
-        ax.plot(*zip(*forecasts), ":", label="forecast final loss")
-    ax.set_xlabel("step")
+        ax.plot(*zip(*forecasts), ":", label="forecast final loss", color="C2")
+    tokens = [(r["step"], r["tokens"]) for r in rows if "tokens" in r]
+    if len(tokens) >= 2:
+        import numpy as np
+
+        t_steps, t_tokens = (np.asarray(v, dtype=float) for v in zip(*tokens))
+        top = ax.secondary_xaxis("top", functions=(lambda x: np.interp(x, t_steps, t_tokens),
+                                                   lambda y: np.interp(y, t_tokens, t_steps)))
+        top.set_xlabel("tokens")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title(run_dir.name)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    out = out or run_dir / "loss.png"
+    if lrs:
+        ax_lr.plot(*zip(*lrs), color="C3", lw=1.2, label="lr")
+    ax_lr.set_ylabel("LR")
+    ax_lr.set_xlabel("step")
+    ax_lr.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_loss_curve(run_dir: Path, out: Path | None = None) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(read_metrics(run_dir / "metrics.jsonl"), run_dir.name)
+    out = out or run_dir / "loss.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
