@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -193,7 +194,7 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
     else:
         parts.append(f"lp bound {bound:.1f} ms ({bound_status})")
     if ran:
-        worded = ", ".join(f"{n} {s}" for s, n in _counted(statuses))
+        worded = ", ".join(f"{n} {s}" for s, n in Counter(statuses).items())
         parts.append(f"milp ran on {ran} micro-batch(es) [{worded}], improved {len(improved)}")
     if skipped:
         parts.append("milp not started on the next micro-batch: budget used up")
@@ -207,13 +208,6 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
     kept = FastPlan(tuple(micro_batches), total, plan.split) if improved else plan
     return SolverOutcome(kept, max(floor, bound if bound is not None else floor), method, status, late, ran,
                          len(improved))
-
-
-def _counted(statuses: list[str]) -> list[tuple[str, int]]:
-    out: dict[str, int] = {}
-    for s in statuses:
-        out[s] = out.get(s, 0) + 1
-    return list(out.items())
 
 
 def plan_step(lengths: Sequence[int], num_ranks: int, cost_model: CostModel, *,
