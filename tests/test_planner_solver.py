@@ -187,3 +187,13 @@ def test_flexsp_milp_warm_start_without_padding_is_kept():
     assert result.status == "optimal"
     assert result.micro_batch.span_ms <= greedy.micro_batches[0].span_ms + 1e-6
     assert result.micro_batch.span_ms >= problem.work_floor_ms() * (1 - 1e-12)
+
+
+def test_without_highspy_cbc_runs_and_is_named(monkeypatch, caplog):
+    monkeypatch.setattr(solvers, "highspy", None)
+    with caplog.at_level("WARNING"):
+        plan = plan_step(IMPROVABLE, 8, CM, time_budget_s=30.0, solver="highs", gap_tolerance=-1.0)
+    plan.validate(IMPROVABLE, CM)
+    assert plan.solver_status.startswith("milp (cbc)") and plan.method == "milp"
+    assert "highspy is not installed" in caplog.text
+    assert plan.bound_ms >= build_problem(IMPROVABLE, 8, CM).lower_bound_ms()
