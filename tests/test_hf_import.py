@@ -263,6 +263,13 @@ def test_tokenizer_that_disagrees_with_the_shards_is_one_line(tmp_path, hf_dirs,
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_tokenizer_other_than_the_models_is_one_line(tmp_path, hf_dirs):
+    proc = run_hetron(["train", f"init_from=hf:{hf_dirs['llama']}", f"data.tokenizer={hf_dirs['qwen2']}",
+                       f"run.dir={tmp_path / 'run'}", "--no-progress"])
+    assert_one_line_error(proc, f"data.tokenizer={hf_dirs['qwen2']} is not the tokenizer of init_from=hf:")
+    assert not (tmp_path / "run").exists()
+
+
 def test_export_of_a_folder_without_checkpoints_or_into_a_used_folder_is_one_line(tmp_path, imported_qwen2):
     proc = run_hetron(["export-hf", str(tmp_path), "--out", str(tmp_path / "exported")])
     assert_one_line_error(proc, "holds no complete checkpoint")

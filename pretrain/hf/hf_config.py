@@ -179,5 +179,15 @@ def apply_init_model(cfg) -> None:
     check_sliding_window(config, fields["seq_length"], where)
     for name, value in fields.items():
         setattr(cfg.model, name, value)
-    if not cfg.data.tokenizer and (folder / "tokenizer.json").is_file():
-        cfg.data.tokenizer = str(folder)
+    if (folder / "tokenizer.json").is_file():
+        if cfg.data.tokenizer and not same_tokenizer(cfg.data.tokenizer, folder):
+            raise ConfigError(f"data.tokenizer={cfg.data.tokenizer} is not the tokenizer of init_from={cfg.init_from} "
+                              f"({folder}); leave data.tokenizer empty to use the model's")
+        cfg.data.tokenizer = cfg.data.tokenizer or str(folder)
+
+
+def same_tokenizer(a, b) -> bool:
+    """Same vocabulary and merges (data.tokenizer's fingerprint), read without torch."""
+    from data.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    return tokenizer_fingerprint(load_tokenizer(a)) == tokenizer_fingerprint(load_tokenizer(b))
