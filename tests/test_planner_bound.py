@@ -165,7 +165,7 @@ def test_plan_metrics_carry_the_planners_figures(wikipedia_batches):
     stats = plan_statistics(plan)
     assert stats["sp_plan_ms"] == plan.solve_ms and stats["sp_bound_ms"] == plan.bound_ms
     assert stats["sp_gap"] == pytest.approx(plan.predicted_ms / plan.bound_ms - 1) and stats["sp_gap"] >= 0
-    assert stats["sp_method"] in ("greedy", "milp") and stats["sp_solver_late"] in (0, 1)
+    assert stats["sp_method"] in ("greedy", "split-search", "milp") and stats["sp_solver_late"] in (0, 1)
     static = simulate.static_plan(lengths, 64, CM, 64)
     assert "sp_bound_ms" not in plan_statistics(static)  # other policies carry no bound
 

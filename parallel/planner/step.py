@@ -1,6 +1,7 @@
 """plan_step: the per-step planner. The greedy fast path gives a plan at once. Then, in a worker
 thread and within the hard budget, the LP relaxation of the whole batch gives a lower bound on every
-plan (`batch_bound`), and a MILP re-solves the micro-batches furthest from their floors exactly
+plan (`batch_bound`), a local search moves long sequences between micro-batches (`split_search`),
+and a MILP re-solves the micro-batches furthest from their floors exactly
 (small ones: FlexSP's MILP with a bucket per sequence; large ones: a re-pack of their busiest groups,
 `repack_milp`), warm-started from the greedy's packing; a MILP result is kept only where it is faster. The caller
 never waits past the budget: what the worker has finished by then is used, a late solver is named
@@ -23,12 +24,14 @@ from parallel.planner import milp, repack_milp, solvers
 from parallel.planner.batch_bound import batch_lower_bound
 from parallel.planner.fast_path import FastPlan, PackedMicroBatch, fast_plan
 from parallel.planner.problem import PlanningProblem, build_problem
+from parallel.planner.split_search import search_splits
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_BUDGET_S = 0.05
 MIN_SOLVER_TIME_S = 0.005  # a MILP with less than this left is not started
 LP_SHARE = 0.6  # of the budget, at most, for the batch's LP bound
+SEARCH_SHARE = 0.5  # of what the bound left, for the split search; the MILPs get the rest
 EXACT_MAX_MEMBERS = 48  # micro-batches this small get the exact MILP (group sizes free), larger a re-pack
 _solver_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hetron-milp")
 _solver_busy = threading.Lock()
@@ -62,22 +65,24 @@ class SolverProgress:
     bound_ms: float | None = None
     bound_status: str = ""
     solvers_used: set = field(default_factory=set)
-    improved: dict = field(default_factory=dict)  # micro-batch index -> PackedMicroBatch
+    improved: dict = field(default_factory=dict)  # micro-batch index (of `base`) -> PackedMicroBatch
+    base: FastPlan | None = None  # the split the MILPs work on: the greedy's, or the split search's
     milp_ran: int = 0
     milp_statuses: list = field(default_factory=list)
     stage: str = "starting"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def snapshot(self) -> tuple[float | None, str, dict, int, list, set, str]:
+    def snapshot(self) -> tuple[float | None, str, dict, int, list, set, str, FastPlan | None]:
         with self.lock:
             return (self.bound_ms, self.bound_status, dict(self.improved), self.milp_ran, list(self.milp_statuses),
-                    set(self.solvers_used), self.stage)
+                    set(self.solvers_used), self.stage, self.base)
 
 
 def solve_in_shadow(problem: PlanningProblem, plan: FastPlan, cost_model: CostModel, deadline: float, solver: str,
                     gap_tolerance: float, progress: SolverProgress) -> None:
-    """The worker: the batch's LP bound, then the MILP on each micro-batch that is more than
-    gap_tolerance above its floor, largest gap first, until the deadline."""
+    """The worker: the batch's LP bound, then the split search (`split_search`), then the MILP on
+    each micro-batch that is more than gap_tolerance above its floor, largest gap first, until the
+    deadline."""
     progress.stage = "lp bound"
     # the bound may use up to LP_SHARE of the budget; the MILP gets the rest
     lp_deadline = time.perf_counter() + LP_SHARE * (deadline - time.perf_counter())
@@ -86,6 +91,11 @@ def solve_in_shadow(problem: PlanningProblem, plan: FastPlan, cost_model: CostMo
         progress.bound_ms, progress.bound_status = bound.bound_ms, bound.status
         if bound.solver:
             progress.solvers_used.add(bound.solver)
+    progress.stage = "split search"
+    searched = search_splits(problem, plan, time.perf_counter() + SEARCH_SHARE * (deadline - time.perf_counter()))
+    if searched is not None:
+        with progress.lock:
+            progress.base = plan = searched
     gaps = [mb.span_ms - micro_batch_floor_ms(problem, mb) for mb in plan.micro_batches]
     order = [k for k in sorted(range(len(gaps)), key=lambda k: (-gaps[k], k))
              if gaps[k] > gap_tolerance * plan.micro_batches[k].span_ms]
@@ -151,7 +161,7 @@ def _run_worker(*args):
 class SolverOutcome:
     plan: FastPlan
     bound_ms: float
-    method: str  # "greedy" or "milp"
+    method: str  # "greedy", "split-search" or "milp"
     status: str
     late: bool
     milp_ran: int
@@ -172,14 +182,16 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
     except RuntimeError as exc:  # pool shut down at interpreter exit
         _solver_busy.release()
         return SolverOutcome(plan, floor, "greedy", f"greedy: solver could not start ({exc})", False, 0, 0)
-    late, failure = False, ""
+    late, failure, greedy_ms = False, "", plan.total_ms
     try:
         future.result(timeout=max(0.0, deadline - time.perf_counter()))
     except cf.TimeoutError:
         late = True
     except Exception as exc:  # noqa: BLE001 - any solver failure leaves the greedy plan
         failure = f"{type(exc).__name__}: {exc}"
-    bound, bound_status, improved, ran, statuses, used, stage = progress.snapshot()
+    bound, bound_status, improved, ran, statuses, used, stage, searched = progress.snapshot()
+    if searched is not None:
+        plan = searched
     skipped = [s for s in statuses if s.startswith("not started")]
     statuses = [s for s in statuses if not s.startswith("not started")]
     names = "+".join(sorted(used)) or solver
@@ -187,12 +199,14 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
     for k, mb in improved.items():
         micro_batches[k] = mb
     total = sum(mb.span_ms + problem.beta for mb in micro_batches)
-    method = "milp" if improved else "greedy"
+    method = "milp" if improved else "split-search" if searched is not None else "greedy"
     parts = []
     if bound is None:
         parts.append("no lp bound (the work floor stands)")
     else:
         parts.append(f"lp bound {bound:.1f} ms ({bound_status})")
+    if searched is not None:
+        parts.append(f"split search moved sequences between micro-batches: {greedy_ms:.1f} -> {plan.total_ms:.1f} ms")
     if ran:
         worded = ", ".join(f"{n} {s}" for s, n in Counter(statuses).items())
         parts.append(f"milp ran on {ran} micro-batch(es) [{worded}], improved {len(improved)}")
