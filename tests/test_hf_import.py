@@ -281,3 +281,18 @@ def test_export_of_a_folder_without_checkpoints_or_into_a_used_folder_is_one_lin
     assert_one_line_error(proc, "already exists and is not empty")
     assert [p.name for p in used.iterdir()] == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_safetensors_reader_gives_the_library_s_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from pretrain.hf.weight_files import HfWeightReader
+
+    tensors = {"a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "c": torch.arange(4, dtype=torch.int64),
+               "d": torch.randn(2, 2).half()}
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    reader, expected = HfWeightReader(tmp_path), load_file(tmp_path / "model.safetensors")
+    assert reader.names() == set(expected)
+    for name, tensor in expected.items():
+        got = reader.get(name)
+        assert got.dtype == tensor.dtype and torch.equal(got, tensor)

@@ -1,8 +1,9 @@
 """Hugging Face weight files: read tensors one at a time from safetensors (single or sharded with an
 index) or pytorch_model*.bin, and write sharded safetensors with their index.
 
-Reading never holds more than the tensor asked for (safetensors are memory-mapped; .bin files are
-loaded with mmap=True). Writing buffers at most one shard before it goes to disk.
+Reading holds only the tensor asked for: a safetensors tensor is read from its byte range into a
+fresh buffer (plain reads, not a memory map, whose touched pages would stay in this process's RSS
+until the file is closed); .bin files are loaded with mmap=True. Writing buffers at most one shard.
 """
 from __future__ import annotations
 
@@ -17,6 +18,40 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 # Buffers that old checkpoints saved beside the weights; the model recomputes them.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+class SafetensorsFile:
+    """One .safetensors file: its header (the safetensors format: 8-byte little-endian header length,
+    a JSON table of dtype, shape and byte range per tensor, then the data), tensors read on demand."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 2 <= length <= 100 * 2**20:
+                raise ValueError(f"header length {length} is not plausible")
+            header = json.loads(f.read(length))
+        header.pop("__metadata__", None)
+        self.data_start = 8 + length
+        self.entries = header
+
+    def keys(self):
+        return self.entries.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        entry = self.entries[name]
+        start, end = entry["data_offsets"]
+        dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+        buffer = torch.empty(end - start, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + start)
+            if f.readinto(memoryview(buffer.numpy())) != end - start:
+                raise HetronError(f"{self.path} is truncated (tensor {name!r} runs past the end)")
+        return buffer.view(dtype).reshape(entry["shape"])
 
 
 def _read_index(path: Path) -> dict[str, str]:
@@ -54,9 +89,7 @@ class HfWeightReader:
             path = self.folder / file
             try:
                 if file.endswith(".safetensors"):
-                    from safetensors import safe_open
-
-                    self._open[file] = safe_open(str(path), framework="pt")
+                    self._open[file] = SafetensorsFile(path)
                 else:
                     self._open[file] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unreadable weight file is a bad input
