@@ -88,6 +88,7 @@ class TrainConfig:
     recompute_granularity: str = "none"
     recompute_method: str = "uniform"  # full: uniform (chunks of recompute_num_layers) | block (the first N per stage)
     recompute_num_layers: int = 0  # full: 0 = 1 layer per chunk (uniform) or every layer of a stage (block)
+    micro_batch_tokens: int = 0  # tokens packed into one micro-batch (sp.mode=off); 0: model.seq_length
 
 
 @dataclass
@@ -472,6 +473,12 @@ def validate(cfg: Config) -> None:
     arch = resolve_model(cfg.model, cfg.parallel)
     cfg.lisa.validate(arch.num_layers, cfg.parallel.pipeline)
     validate_recompute(cfg.train, arch.num_layers // cfg.parallel.pipeline)
+    if cfg.train.micro_batch_tokens and cfg.train.micro_batch_tokens < arch.seq_length:
+        raise ConfigError(f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than one sequence "
+                          f"(model.seq_length={arch.seq_length}); 0 packs one sequence's worth")
+    if cfg.train.micro_batch_tokens and cfg.sp.mode != "off":
+        raise ConfigError(f"train.micro_batch_tokens applies to sp.mode=off; with sp.mode={cfg.sp.mode} a rank's "
+                          "micro-batch capacity is sp.tokens_per_rank")
     validate_sequence_parallel(cfg, arch)
 
 

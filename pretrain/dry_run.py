@@ -4,9 +4,12 @@ started: ranks, run folder and resume, shards, model size, FLOPs per token and m
 Sizes are analytic (pretrain.architecture), not counted on a built model, so the description needs
 neither torch nor megatron-core. Memory per rank: the model state megatron holds (parameters,
 gradient buffers in fp32, Adam's fp32 master copy and moments, the optimizer's share divided over
-the data-parallel ranks with parallel.distributed_optimizer), plus the activations one micro-batch
-of model.seq_length tokens keeps for its backward, s*h*(34 + 5*a*s/h) bytes per layer at 16 bits
-(Korthikanti et al. 2022, no recomputation), divided by the tensor-parallel size.
+the data-parallel ranks with parallel.distributed_optimizer), plus the activations one micro-batch of
+C tokens (train.micro_batch_tokens, or sp.tokens_per_rank, else model.seq_length s) keeps for its
+backward, C*h*(34 + 5*a*s/h) bytes per layer at 16 bits (Korthikanti et al. 2022, without
+recomputation; documents of at most s tokens), divided by the tensor-parallel size; with
+train.recompute_granularity=full a recomputed chunk keeps only its input (C*h values) and holds its
+activations again during its own backward. (selective recomputation is not subtracted.)
 """
 from __future__ import annotations
 
@@ -26,10 +29,28 @@ def model_state_bytes_per_param(bf16: bool, data_parallel: int, distributed_opti
     return (2 if bf16 else 4) + 4 + optimizer
 
 
-def activation_bytes(arch: Architecture, bf16: bool, tensor: int, pipeline: int) -> float:
-    s, h, a = arch.seq_length, arch.hidden_size, arch.num_attention_heads
-    per_layer = s * h * (34 + 5 * a * s / h) * (1 if bf16 else 2)
-    return arch.num_layers / pipeline * per_layer / tensor
+def micro_batch_capacity(cfg: Config, arch: Architecture) -> int:
+    if cfg.sp.mode != "off":
+        return cfg.sp.tokens_per_rank or arch.seq_length
+    return cfg.train.micro_batch_tokens or arch.seq_length
+
+
+def activation_bytes(cfg: Config, arch: Architecture, bf16: bool) -> float:
+    c, s, h, a = micro_batch_capacity(cfg, arch), arch.seq_length, arch.hidden_size, arch.num_attention_heads
+    width = 1 if bf16 else 2
+    per_layer = c * h * (34 + 5 * a * s / h) * width
+    layers = arch.num_layers // cfg.parallel.pipeline
+    hidden_state = c * h * 2 * width  # one layer's input, all that a recomputed layer keeps
+    n = cfg.train.recompute_num_layers
+    if cfg.train.recompute_granularity == "full" and cfg.train.recompute_method == "uniform":
+        chunk = n or 1  # each chunk keeps its input; its activations exist again during its backward
+        total = -(-layers // chunk) * hidden_state + chunk * per_layer
+    elif cfg.train.recompute_granularity == "full":  # block: the first n (0: all) layers recomputed
+        recomputed = n or layers
+        total = recomputed * hidden_state + (layers - recomputed + 1) * per_layer
+    else:
+        total = layers * per_layer
+    return total / cfg.parallel.tensor
 
 
 def memory_lines(cfg: Config, arch: Architecture, parameters: int, world: int) -> list[str]:
@@ -40,9 +61,11 @@ def memory_lines(cfg: Config, arch: Architecture, parameters: int, world: int) -
     lines = []
     for label, bf16 in choices:
         state = parameters / (tp * pp) * model_state_bytes_per_param(bf16, dp, cfg.parallel.distributed_optimizer)
-        act = activation_bytes(arch, bf16, tp, pp)
+        act = activation_bytes(cfg, arch, bf16)
+        recompute = "" if cfg.train.recompute_granularity == "none" else f", {cfg.train.recompute_granularity} recompute"
         lines.append(f"memory per rank, {label}: {state / GIB:.2f} GiB model state + {act / GIB:.2f} GiB activations "
-                     f"of one {arch.seq_length}-token micro-batch (estimate; TP {tp} x PP {pp} x DP {dp})")
+                     f"of one {micro_batch_capacity(cfg, arch)}-token micro-batch (estimate{recompute}; "
+                     f"TP {tp} x PP {pp} x DP {dp})")
     return lines
 
 

@@ -324,7 +324,8 @@ class Trainer:
         rank's shards of a sequence-parallel plan (the loader's plan, made a step ahead; eval
         batches are planned here with the deterministic fast path)."""
         if self.cfg.sp.mode == "off":
-            return micro_batches_for_rank(samples, self.arch.seq_length, self.info.dp_rank, self.info.dp_size,
+            capacity = self.cfg.train.micro_batch_tokens or self.arch.seq_length
+            return micro_batches_for_rank(samples, capacity, self.info.dp_rank, self.info.dp_size,
                                           self.manifest.pad_id, fixed_shape=self.cfg.parallel.pipeline > 1)
         lengths = [len(s) - 1 for s in samples]
         plan = align_groups(plan or self._make_plan(lengths, solver="none"))

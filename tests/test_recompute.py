@@ -1,5 +1,6 @@
-"""Activation recomputation (train.recompute_*, megatron's TransformerConfig): the same loss and
-gradients as without it, and the core attention really runs again in the backward."""
+"""Micro-batch and memory knobs: activation recomputation (train.recompute_*, megatron's
+TransformerConfig) gives the same loss and gradients and really runs the core attention again in the
+backward; train.micro_batch_tokens packs more tokens per micro-batch for the same loss."""
 from __future__ import annotations
 
 import pytest
@@ -12,6 +13,16 @@ from pretrain.errors import ConfigError
 from pretrain.model import recompute_args
 
 pytestmark = pytest.mark.slow
+LAYERS = int(next(a for a in TINY if a.startswith("model.num_layers=")).split("=")[1])
+SEQ = int(next(a for a in TINY if a.startswith("model.seq_length=")).split("=")[1])
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, small_shards):
+    tmp = tmp_path_factory.mktemp("plain")
+    code, result = harness(tmp, "plain", 1, small_shards)
+    assert code == 0, sorted((tmp / "logs-plain").glob("*"))
+    return result
 
 
 def test_recompute_keys_as_megatron_takes_them():
@@ -26,19 +37,23 @@ def test_recompute_keys_as_megatron_takes_them():
         load_config(None, ["train.recompute_num_layers=3"])
 
 
-def test_losses_and_gradients_equal_with_and_without_recomputation(tmp_path, small_shards):
-    runs = {}
-    # full only (selective wraps the same core attention in the same megatron checkpoint function; each run
-    # costs ~15 s of CPU): its recomputation covers every layer
-    for name, extra in {"plain": [], "full": ["train.recompute_granularity=full"]}.items():
-        code, runs[name] = harness(tmp_path, name, 1, small_shards, *extra)
-        assert code == 0, sorted((tmp_path / f"logs-{name}").glob("*"))
-    plain = runs["plain"]
-    layers = int(next(a for a in TINY if a.startswith("model.num_layers=")).split("=")[1])
-    assert plain["attention_calls"] % layers == 0
-    for name in ("full",):
-        run = runs[name]
-        assert run["attention_calls"] == 2 * plain["attention_calls"], name  # recomputed in the backward
-        assert run["loss"] == plain["loss"], name
-        for param, grad in plain["grads"].items():
-            assert torch.equal(run["grads"][param], grad), (name, param)
+def test_full_recomputation_gives_the_same_loss_and_gradients(tmp_path, small_shards, plain):
+    # (selective wraps the same core attention in the same megatron checkpoint function; each run costs
+    # ~15 s of CPU, so full only)
+    code, full = harness(tmp_path, "full", 1, small_shards, "train.recompute_granularity=full")
+    assert code == 0, sorted((tmp_path / "logs-full").glob("*"))
+    assert plain["attention_calls"] % LAYERS == 0
+    assert full["attention_calls"] == 2 * plain["attention_calls"]  # every layer recomputed in the backward
+    assert full["loss"] == plain["loss"]
+    for param, grad in plain["grads"].items():
+        assert torch.equal(full["grads"][param], grad), param
+
+
+def test_micro_batch_tokens_packs_more_per_micro_batch(tmp_path, small_shards, plain):
+    code, packed = harness(tmp_path, "packed", 1, small_shards, f"train.micro_batch_tokens={2 * SEQ}")
+    assert code == 0, sorted((tmp_path / "logs-packed").glob("*"))
+    # one core-attention call per layer and micro-batch: fewer micro-batches, the same documents
+    assert packed["attention_calls"] < plain["attention_calls"]
+    assert packed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    for param, grad in plain["grads"].items():
+        assert torch.allclose(packed["grads"][param], grad, rtol=1e-4, atol=1e-7), param

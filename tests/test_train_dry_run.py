@@ -100,3 +100,20 @@ def test_train_refuses_a_missing_corpus_before_writing(tmp_path):
     (line,) = error_lines(proc.stderr)
     assert "data.corpus=/no/such/dir does not exist" in line
     assert heavy(imported) == [] and not run_dir.exists()
+
+
+def test_activation_estimate_follows_micro_batch_tokens_and_recomputation():
+    from pretrain.architecture import resolve_model
+    from pretrain.dry_run import activation_bytes
+
+    def estimate(*overrides):
+        cfg = load_config(None, list(overrides))
+        return activation_bytes(cfg, resolve_model(cfg.model, cfg.parallel), bf16=True)
+
+    # 12 layers x 1024 tokens x hidden 128 x (34 + 5 x 4 heads x 1024 / 128) bytes (Korthikanti et al.)
+    assert estimate() == 12 * 1024 * 128 * (34 + 5 * 4 * 1024 / 128)
+    assert estimate("train.micro_batch_tokens=4096") == 4 * estimate()
+    one_layer = estimate() / 12
+    assert estimate("train.recompute_granularity=full") == 12 * 1024 * 128 * 2 + one_layer
+    assert estimate("train.recompute_granularity=full", "train.recompute_method=block",
+                    "train.recompute_num_layers=6") == 6 * 1024 * 128 * 2 + 7 * one_layer
