@@ -1,4 +1,5 @@
-# The two commands: `make run` (pretrain the tiny default on CPU) and `make test` (the test suite).
+# The two commands: `make run` (a first pretraining run on CPU in minutes: configs/smoke.yaml;
+# CONFIG=tiny for the 150-step default) and `make test` (the test suite).
 # Both create the virtual environment from this project's own files first.
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,8 +17,10 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS) $(wildcard csrc/*.cpp csrc/*.h)
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
+CONFIG ?= smoke
+
 run: venv
-	$(VENV)/bin/hetron train $(ARGS)
+	$(VENV)/bin/hetron train $(CONFIG) $(ARGS)
 
 # pytest exits 5 when it collected no tests: that is a failure here.
 test: venv
