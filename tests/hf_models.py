@@ -48,8 +48,9 @@ def make_model(family: str, folder: Path, seed: int = 0) -> Path:
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**SHAPE, rope_scaling=LLAMA3_SCALING, bos_token_id=0, eos_token_id=1))
         bos, eos = "<s>", "</s>"
-    elif family == "mistral":
-        model = MistralForCausalLM(MistralConfig(**SHAPE, sliding_window=None, bos_token_id=0, eos_token_id=1))
+    elif family == "mistral":  # an eps far from megatron's default 1e-5, so a lost rms_norm_eps shows
+        model = MistralForCausalLM(MistralConfig(**(SHAPE | {"rms_norm_eps": 0.05}), sliding_window=None,
+                                                 bos_token_id=0, eos_token_id=1))
         bos, eos = "<s>", "</s>"
     elif family == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**SHAPE, tie_word_embeddings=True, bos_token_id=None, eos_token_id=0))

@@ -200,6 +200,22 @@ def test_model_trained_at_pp2_exports_to_its_logits_and_generation(tmp_path, sma
     assert generated.tolist() == ours["generated"][:len(generated)]
 
 
+def test_hetron_bpe_tokenizer_exports_as_a_transformers_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from data.tokenizer import EOS, PAD, train_bpe
+    from pretrain.hf.exporter import write_tokenizer
+    from tests.hf_models import sample_text
+
+    tok = train_bpe([sample_text()], 300)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "out").mkdir()
+    ids = write_tokenizer(tmp_path / "tokenizer.json", tmp_path / "out", 300)
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert ids == {"bos_token_id": None, "eos_token_id": tok.token_to_id(EOS), "pad_token_id": tok.token_to_id(PAD)}
+    assert loaded.eos_token == EOS and loaded("def f(x):").input_ids == tok.encode("def f(x):").ids
+
+
 # ------------------------------------------------------------------------------------ bad inputs
 
 
