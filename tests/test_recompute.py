@@ -57,3 +57,14 @@ def test_micro_batch_tokens_packs_more_per_micro_batch(tmp_path, small_shards, p
     assert packed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
     for param, grad in plain["grads"].items():
         assert torch.allclose(packed["grads"][param], grad, rtol=1e-4, atol=1e-7), param
+
+
+def test_analytic_parameter_count_is_megatrons(plain, small_shards):
+    """The count --dry-run and the run's summary print (pretrain.architecture) is the built GPTModel's."""
+    from data.prepare import Manifest
+    from pretrain.architecture import count_parameters, resolve_model
+
+    cfg = load_config(None, [a for a in TINY if "=" in a])
+    vocab = Manifest.load(small_shards).vocab_size
+    built = sum(grad.numel() for grad in plain["grads"].values())  # one gradient per parameter
+    assert count_parameters(resolve_model(cfg.model, cfg.parallel), vocab) == built
