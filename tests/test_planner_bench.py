@@ -27,7 +27,7 @@ def test_plan_bench_writes_summary_plans_and_gantt(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "hetron" in printed and "static-d8" in printed and "LP bound" in printed and "work floor" in printed
-    assert "the MILP ran on" in printed
+    assert "the MILP ran on" in printed and "whose plan" in printed
     summary = json.loads(out.read_text())
     policies = summary["policies"]
     assert set(policies) == {"hetron", "greedy", "static-d8", "batch-adaptive", "per-sequence", "milp-0.5s"}
