@@ -216,6 +216,26 @@ def test_hetron_bpe_tokenizer_exports_as_a_transformers_tokenizer(tmp_path):
     assert loaded.eos_token == EOS and loaded("def f(x):").input_ids == tok.encode("def f(x):").ids
 
 
+def test_prepare_with_a_hugging_face_tokenizer_follows_its_bos_and_eos(tmp_path, hf_dirs):
+    from streaming import StreamingDataset
+    from tokenizers import Tokenizer
+
+    from data.prepare import prepare_shards
+    from tests.hf_models import sample_text
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc{i}.py").write_text(sample_text()[i * 300:(i + 1) * 300])
+    manifest = prepare_shards(str(corpus), tmp_path / "shards", max_context=512, eval_fraction=0.3,
+                              tokenizer_path=str(hf_dirs["llama"]), progress=False)
+    tok = Tokenizer.from_file(str(hf_dirs["llama"] / "tokenizer.json"))
+    assert (manifest.eos_id, manifest.pad_id) == (tok.token_to_id("</s>"), tok.token_to_id("</s>"))
+    assert (tmp_path / "shards" / "tokenizer_config.json").is_file()  # later stages keep the convention
+    sample = StreamingDataset(local=str(tmp_path / "shards" / "train"), shuffle=False, batch_size=1)[0]["tokens"]
+    assert sample[0] == tok.token_to_id("<s>") and sample[-1] == manifest.eos_id
+
+
 # ------------------------------------------------------------------------------------ bad inputs
 
 
