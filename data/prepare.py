@@ -111,8 +111,6 @@ def prepare_shards(
     force: bool = False,
     progress: bool = True,
 ) -> Manifest:
-    from streaming import MDSWriter
-
     out = Path(out)
     if (out / MANIFEST).is_file() and not force:
         return Manifest.load(out)
@@ -140,6 +138,8 @@ def prepare_shards(
             shutil.copy2(tokenizer_file(tokenizer_path).parent / TOKENIZER_CONFIG, tmp / TOKENIZER_CONFIG)
         stats = {s: SplitStats() for s in SPLITS}
         lengths = {s: [] for s in SPLITS}
+        from streaming import MDSWriter  # here: it imports torch, after the corpus and tokenizer are checked
+
         writers = {s: MDSWriter(out=str(tmp / s), columns=COLUMNS, size_limit="32mb") for s in SPLITS}
         names = [d.name for d in docs]
         held_out = eval_documents(names, eval_fraction)

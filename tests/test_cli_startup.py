@@ -71,3 +71,12 @@ def test_invalid_yaml_file_before_torch(tmp_path):
     (line,) = error_lines(proc.stderr)
     assert f"{bad}: invalid YAML" in line
     assert heavy(imported) == []
+
+
+def test_prepare_refuses_a_missing_corpus_before_torch(tmp_path):
+    out = tmp_path / "shards"
+    proc, imported = run_with_import_list(["prepare", "--corpus", str(tmp_path / "nope"), "--out", str(out)])
+    assert proc.returncode == 2
+    (line,) = error_lines(proc.stderr)
+    assert f"corpus '{tmp_path / 'nope'}' does not exist" in line
+    assert heavy(imported) == [] and not out.exists()
