@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pretrain.architecture import Architecture, count_parameters, padded_vocab_size, resolve_model, training_flops_per_token
 from pretrain.config import Config
+from pretrain.run_lock import refuse_if_in_use
 
 GIB = 1024**3
 
@@ -86,6 +87,7 @@ def describe_run(cfg: Config) -> list[str]:
         launch = f"{world} local rank(s) (launch.nproc={world}), backend {cfg.launch.backend}"
     lines = [f"config: valid; would run {launch}"]
     run_dir = Path(cfg.run.dir)
+    refuse_if_in_use(run_dir)  # a real run would be refused now
     lines.append(f"run folder: {run_dir.resolve()}" + ("" if run_dir.exists() else " (to be created)"))
     lines.append(f"resume={cfg.resume}: {resume_decision(cfg)}")
     if manifest is not None:

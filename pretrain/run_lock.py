@@ -68,6 +68,24 @@ def _describe(owner: dict) -> str:
     return f"pid {owner.get('pid')} on {owner.get('host')}{job}, since {owner.get('started')}"
 
 
+def _in_use(run_dir: Path, path: Path, owner: dict) -> HetronError:
+    return HetronError(f"run.dir={run_dir} is in use by another run ({_describe(owner)}); stop it or "
+                       f"choose another run.dir (if that run is gone, delete {path})")
+
+
+def refuse_if_in_use(run_dir: Path) -> None:
+    """The refusal acquire() would give, without taking the lock or writing anything (--dry-run)."""
+    path = Path(run_dir) / LOCK_FILE
+    if os.environ.get(OWNER_ENV) or not path.is_file():
+        return
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if owner and not _owner_gone(owner):
+        raise _in_use(run_dir, path, owner)
+
+
 def acquire(run_dir: Path) -> str | None:
     """Take the run folder's lock for this process (released at exit); returns a message when a
     stale lock was taken over. A folder another live run holds is a HetronError."""
@@ -86,8 +104,7 @@ def acquire(run_dir: Path) -> str | None:
             except (OSError, json.JSONDecodeError):
                 owner = {}
             if owner and not _owner_gone(owner):
-                raise HetronError(f"run.dir={run_dir} is in use by another run ({_describe(owner)}); stop it or "
-                                  f"choose another run.dir (if that run is gone, delete {path})")
+                raise _in_use(run_dir, path, owner)
             message = f"taking over the lock of a run that is gone ({_describe(owner) if owner else 'unreadable lock'})"
             path.unlink(missing_ok=True)
             continue

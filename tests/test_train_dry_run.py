@@ -117,3 +117,21 @@ def test_activation_estimate_follows_micro_batch_tokens_and_recomputation():
     assert estimate("train.recompute_granularity=full") == 12 * 1024 * 128 * 2 + one_layer
     assert estimate("train.recompute_granularity=full", "train.recompute_method=block",
                     "train.recompute_num_layers=6") == 6 * 1024 * 128 * 2 + 7 * one_layer
+
+
+def test_dry_run_is_refused_on_a_folder_another_run_holds(tmp_path):
+    import json
+    import os
+    import socket
+
+    from pretrain.run_lock import LOCK_FILE
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": "", "started": "now"}
+    (run_dir / LOCK_FILE).write_text(json.dumps(owner))  # held by this (live) test process
+    proc = run_with_import_list(["train", "--dry-run", f"run.dir={run_dir}"])[0]
+    assert proc.returncode == 2
+    (line,) = error_lines(proc.stderr)
+    assert f"run.dir={run_dir} is in use by another run (pid {os.getpid()}" in line
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
