@@ -125,10 +125,28 @@ def per_document_logits(model, documents: list[list[int]]) -> torch.Tensor:
         return torch.cat([model(torch.tensor([doc])).logits[0] for doc in documents])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("tensor", [1, 2])
-def test_packed_logits_equal_transformers_per_document(tmp_path, hf_dirs, token_inputs, tensor):
-    results = hetron_outputs(tmp_path, token_inputs, [f"hf:{hf_dirs[f]}" for f in FAMILIES], tensor)
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, small_corpus, imported_qwen2) -> Path:
+    """A run trained 2 steps at PP2 from the imported Qwen2 (tied embeddings, QKV bias)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    proc = run_hetron(["train", f"init_from={imported_qwen2}", f"data.corpus={small_corpus / 'json'}",
+                       f"run.dir={run}", "parallel.pipeline=2", "launch.nproc=2", "train.steps=2",
+                       "checkpoint.every=2", "model.seq_length=128", "data.global_batch_tokens=1024",
+                       "schedule.peak_lr=3e-3", "train.eval_every=0", "run.tensorboard=false", "run.plot=false",
+                       "--no-progress"])
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def tp1_outputs(tmp_path_factory, hf_dirs, token_inputs, trained_run) -> dict:
+    """One TP1 launch for every model: the three HF folders and the trained checkpoint."""
+    checkpoint = sorted((trained_run / "checkpoints").glob("step_*"))[-1]
+    sources = [f"hf:{hf_dirs[f]}" for f in FAMILIES] + [str(checkpoint)]
+    return hetron_outputs(tmp_path_factory.mktemp("tp1"), token_inputs, sources) | {"checkpoint": str(checkpoint)}
+
+
+def check_logits_per_document(results: dict, hf_dirs, token_inputs, tensor: int) -> None:
     documents = torch.load(token_inputs)["documents"]
     for family in FAMILIES:
         expected = per_document_logits(transformers_model(hf_dirs[family]), documents)
@@ -136,6 +154,17 @@ def test_packed_logits_equal_transformers_per_document(tmp_path, hf_dirs, token_
         assert got.shape[0] == expected.shape[0] and got.shape[1] >= expected.shape[1]
         diff = (got[:, :expected.shape[1]] - expected).abs().max().item()
         assert diff <= TOL, f"{family} at TP{tensor}: max |logit difference| {diff:.2e}"
+
+
+@pytest.mark.slow
+def test_packed_logits_equal_transformers_per_document_at_tp1(hf_dirs, token_inputs, tp1_outputs):
+    check_logits_per_document(tp1_outputs, hf_dirs, token_inputs, 1)
+
+
+@pytest.mark.slow
+def test_packed_logits_equal_transformers_per_document_at_tp2(tmp_path, hf_dirs, token_inputs):
+    results = hetron_outputs(tmp_path, token_inputs, [f"hf:{hf_dirs[f]}" for f in FAMILIES], 2)
+    check_logits_per_document(results, hf_dirs, token_inputs, 2)
 
 
 @pytest.fixture(scope="module")
@@ -172,21 +201,13 @@ def test_round_trip_reproduces_every_tensor_bitwise(tmp_path, hf_dirs, imported_
 
 
 @pytest.mark.slow
-def test_model_trained_at_pp2_exports_to_its_logits_and_generation(tmp_path, small_corpus, hf_dirs, imported_qwen2,
-                                                                     token_inputs):
-    run = tmp_path / "run"
-    proc = run_hetron(["train", f"init_from={imported_qwen2}", f"data.corpus={small_corpus / 'json'}",
-                       f"run.dir={run}", "parallel.pipeline=2", "launch.nproc=2", "train.steps=2",
-                       "checkpoint.every=2", "model.seq_length=128", "data.global_batch_tokens=1024",
-                       "schedule.peak_lr=3e-3", "train.eval_every=0", "run.tensorboard=false", "run.plot=false",
-                       "--no-progress"])
-    assert proc.returncode == 0, proc.stderr
+def test_model_trained_at_pp2_exports_to_its_logits_and_generation(tmp_path, hf_dirs, token_inputs, trained_run,
+                                                                     tp1_outputs):
     out = tmp_path / "exported"
-    proc = run_hetron(["export-hf", str(run), "--out", str(out), "--max-shard-size", "100KB"])
+    proc = run_hetron(["export-hf", str(trained_run), "--out", str(out), "--max-shard-size", "100KB"])
     assert proc.returncode == 0, proc.stderr
     assert len(list(out.glob("model-*-of-*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
-    checkpoint = sorted((run / "checkpoints").glob("step_*"))[-1]
-    ours = hetron_outputs(tmp_path, token_inputs, [str(checkpoint)])[str(checkpoint)]
+    ours = tp1_outputs[tp1_outputs["checkpoint"]]
     model = load_quietly_checking_keys(out)
     inputs = torch.load(token_inputs)
     expected = per_document_logits(model, inputs["documents"])
