@@ -101,6 +101,10 @@ def build_gpt_model(cfg, arch: Architecture, vocab_size: int, *, bf16: bool, pre
         share_embeddings_and_output_weights=cfg.model.tie_embeddings,
         position_embedding_type="learned_absolute" if arch.position_embedding == "learned" else "none",
     )
+    if cfg.model.vocab_size is not None and post_process:
+        from pretrain.vocab_padding import mask_padded_logits
+
+        mask_padded_logits(model, cfg.model.vocab_size)  # an imported model's vocabulary, at any TP
     if bf16:
         # Without Apex or TE the norms fall back to torch norms created in fp32 whatever params_dtype
         # says; megatron's non-distributed mixed-precision optimizer cannot checkpoint such a mix.

@@ -7,7 +7,8 @@ every rank) or a hetron checkpoint folder (its recorded model, weights through d
 resharded to this launch's parallel.tensor). TOKENS.pt holds {"documents": [token lists],
 "prompt": [tokens], "new_tokens": n}: the documents are packed into one sequence (cu_seqlens at their
 boundaries) and the prompt is continued greedily for n tokens. Rank 0 writes {SOURCE: {"logits":
-(tokens, vocab) fp32, TP-gathered, "generated": [tokens]}} to OUT.pt. Launched by the tests through
+(tokens, vocab) fp32, TP-gathered, "token_losses": (tokens,) megatron's loss of each next
+token, "generated": [tokens]}} to OUT.pt. Launched by the tests through
 launch.local.spawn_ranks.
 """
 from __future__ import annotations
@@ -32,6 +33,22 @@ def packed_logits(model, documents: list[list[int]]) -> torch.Tensor:
     with torch.no_grad():
         logits = model(tokens, positions, None, packed_seq_params=params)
         return gather_from_tensor_model_parallel_region(logits)[0].float()
+
+
+def packed_token_losses(model, documents: list[list[int]]) -> torch.Tensor:
+    """megatron's per-token cross-entropy (the training loss) of each next token inside its document;
+    a document's last position has no next token (its label is a placeholder)."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    tokens = torch.tensor([t for doc in documents for t in doc], dtype=torch.long)[None, :]
+    labels = torch.tensor([t for doc in documents for t in doc[1:] + [0]], dtype=torch.long)[None, :]
+    lengths = torch.tensor([0] + [len(d) for d in documents])
+    cu = torch.cumsum(lengths, 0).to(torch.int32)
+    positions = torch.cat([torch.arange(len(d)) for d in documents])[None, :]
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=int(lengths.max()),
+                             max_seqlen_kv=int(lengths.max()))
+    with torch.no_grad():
+        return model(tokens, positions, None, labels=labels, packed_seq_params=params)[0].float()
 
 
 def greedy(model, prompt: list[int], new_tokens: int, vocab_size: int) -> list[int]:
@@ -81,6 +98,7 @@ def main(argv: list[str]) -> int:
     for source in sources.split(","):
         model, vocab = build(source, overrides)
         results[source] = {"logits": packed_logits(model, inputs["documents"]),
+                           "token_losses": packed_token_losses(model, inputs["documents"]),
                            "generated": greedy(model, inputs["prompt"], inputs["new_tokens"], vocab)}
     if info.rank == 0:
         torch.save(results, out)

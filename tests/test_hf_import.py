@@ -154,6 +154,14 @@ def check_logits_per_document(results: dict, hf_dirs, token_inputs, tensor: int)
         assert got.shape[0] == expected.shape[0] and got.shape[1] >= expected.shape[1]
         diff = (got[:, :expected.shape[1]] - expected).abs().max().item()
         assert diff <= TOL, f"{family} at TP{tensor}: max |logit difference| {diff:.2e}"
+        # the training loss is the source model's: megatron's padded vocabulary rows take no part in it
+        losses, start = results[f"hf:{hf_dirs[family]}"]["token_losses"], 0
+        for doc in documents:
+            if len(doc) > 1:
+                reference = torch.nn.functional.cross_entropy(expected[start:start + len(doc) - 1],
+                                                              torch.tensor(doc[1:]), reduction="none")
+                assert (losses[start:start + len(doc) - 1] - reference).abs().max() <= TOL, f"{family} TP{tensor}"
+            start += len(doc)
 
 
 @pytest.mark.slow
