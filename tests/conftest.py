@@ -78,6 +78,63 @@ def long_shards(small_corpus, hetron_cache) -> Path:
 
 
 @pytest.fixture(scope="module")
+def hetron_home(tmp_path_factory) -> Path:
+    """A job-record folder of the module's own (`hetron status` reads it), so jobs of other test runs
+    on this machine are not listed."""
+    home = tmp_path_factory.mktemp("hetron-home")
+    previous = os.environ.get("HETRON_HOME")
+    os.environ["HETRON_HOME"] = str(home)
+    yield home
+    if previous is None:
+        del os.environ["HETRON_HOME"]
+    else:
+        os.environ["HETRON_HOME"] = previous
+
+
+JOB_TIMEOUT_S = 300  # a Slurm job of the tests, from submission to its end, on a loaded machine
+
+
+def wait_for(what: str, condition, timeout_s: float = JOB_TIMEOUT_S) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.3)
+
+
+TWO_NODE_PARTITION = "multi"  # scripts/slurm-local.sh start-cluster: hnode1 and hnode2, 2 CPUs each
+
+
+def two_nodes_unavailable_reason() -> str | None:
+    """None when the local cluster's two namespaced nodes can run a job; else why not."""
+    from launch.slurm_probe import slurm_unreachable_reason
+
+    reason = slurm_unreachable_reason()
+    if reason:
+        return reason
+    proc = subprocess.run(["sinfo", "-h", "-p", TWO_NODE_PARTITION, "-N", "-o", "%N %T"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    states = dict(line.split() for line in proc.stdout.splitlines() if len(line.split()) == 2)
+    usable = [n for n, s in states.items() if s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing")]
+    if len(usable) >= 2:
+        return None
+    marker = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/slurm-local")) / "cluster-unavailable"
+    why = marker.read_text().strip() if marker.is_file() else "scripts/slurm-local.sh start-cluster was not run"
+    return f"no two-node partition {TWO_NODE_PARTITION!r} (nodes: {states or 'none'}): {why}"
+
+
+@pytest.fixture(scope="module")
+def require_two_nodes() -> None:
+    """Multi-node tests skip with the reason where namespaces are refused; with CI set they must run."""
+    reason = two_nodes_unavailable_reason()
+    if reason:
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(f"CI is set and this is root, so the two-node tests must run, but: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
 def require_slurm() -> None:
     """Slurm tests skip with the reason when no Slurm is reachable; with CI set they must run."""
     from launch.slurm_probe import slurm_unreachable_reason

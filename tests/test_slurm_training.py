@@ -4,13 +4,12 @@ array. Skipped, with the reason, only when no Slurm is reachable and CI is not s
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from launch.status_cli import slurm_state
 from launch.submit import Submission, SubmitOptions, prepare, submit
@@ -24,19 +23,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("requ
 TINY = ["model.preset=tiny", "data.global_batch_tokens=1024", "train.eval_every=0", "run.plot=false",
         "run.tensorboard=false"]
 TWO_TASKS = [*TINY, "train.steps=8", "checkpoint.every=2", "launch.nproc=2"]
-JOB_TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def hetron_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("hetron-home")
-    previous = os.environ.get("HETRON_HOME")
-    os.environ["HETRON_HOME"] = str(home)
-    yield home
-    if previous is None:
-        del os.environ["HETRON_HOME"]
-    else:
-        os.environ["HETRON_HOME"] = previous
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +51,6 @@ def uninterrupted(submitted, tmp_path_factory) -> Submission:
 def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {row["step"]: row["loss"] for row in rows}  # a resumed run rewrites the steps after its checkpoint
-
-
-def wait_for(what: str, condition, timeout_s: float = JOB_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.3)
 
 
 def finished(sub: Submission) -> Submission:
