@@ -84,6 +84,16 @@ def test_unsupported_config_is_one_line_naming_the_key(change, key):
     assert key in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_sliding_window_shorter_than_the_context_is_refused_naming_both():
+    from pretrain.errors import ConfigError
+    from pretrain.hf.hf_config import check_sliding_window
+
+    check_sliding_window({"model_type": "mistral", "sliding_window": 4096}, 4096)  # no effect: accepted
+    check_sliding_window({"model_type": "qwen2", "sliding_window": 64, "use_sliding_window": False}, 4096)
+    with pytest.raises(ConfigError, match=r"sliding_window=1024 is shorter than model.seq_length=4096"):
+        check_sliding_window({"model_type": "mistral", "sliding_window": 1024}, 4096)
+
+
 # ------------------------------------------------------------------------------ with real models
 
 
