@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +70,7 @@ def run_measured(argv: list[str]) -> tuple[float, float]:
             "capture_output=True, text=True); dt = time.time() - t; "
             "sys.stderr.write(p.stderr[-3000:] if p.returncode else ''); "
             "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"bench_hf_convert: {' '.join(argv[2:4])} failed: {proc.stderr.strip().splitlines()[-1:]}")
     seconds, kb = proc.stdout.split()

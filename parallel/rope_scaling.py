@@ -7,12 +7,8 @@ keys exactly as it was trained to. `model.rope_scaling` holds the Hugging Face d
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from pretrain.errors import ConfigError
-
-if TYPE_CHECKING:  # check_rope_scaling runs in config validation, before torch is imported
-    import torch
 
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -151,7 +150,7 @@ def trained_run(tmp_path_factory, small_corpus, imported_qwen2) -> Path:
 @pytest.fixture(scope="module")
 def tp1_outputs(tmp_path_factory, hf_dirs, token_inputs, trained_run) -> dict:
     """One TP1 launch for every model: the three HF folders and the trained checkpoint."""
-    checkpoint = sorted((trained_run / "checkpoints").glob("step_*"))[-1]
+    checkpoint = max((trained_run / "checkpoints").glob("step_*"))
     sources = [f"hf:{hf_dirs[f]}" for f in FAMILIES] + [str(checkpoint)]
     return hetron_outputs(tmp_path_factory.mktemp("tp1"), token_inputs, sources) | {"checkpoint": str(checkpoint)}
 

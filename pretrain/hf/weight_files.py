@@ -39,8 +39,8 @@ class SafetensorsFile:
         self.data_start = 8 + length
         self.entries = header
 
-    def keys(self):
-        return self.entries.keys()
+    def __iter__(self):
+        return iter(self.entries)
 
     def get_tensor(self, name: str) -> torch.Tensor:
         entry = self.entries[name]
@@ -81,7 +81,7 @@ class HfWeightReader:
             if not files:
                 raise HetronError(f"{self.folder} holds no weights (model.safetensors, sharded *.safetensors with "
                                   f"{SAFETENSORS_INDEX}, or pytorch_model*.bin)")
-            self.file_of = {name: f.name for f in files for name in self._handle(f.name).keys()}
+            self.file_of = {name: f.name for f in files for name in self._handle(f.name)}
         self.file_of = {n: f for n, f in self.file_of.items() if not n.endswith(IGNORED_SUFFIXES)}
 
     def _handle(self, file: str):
