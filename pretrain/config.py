@@ -180,7 +180,7 @@ class LisaConfig:
 
     layers: int = 0  # gamma: transformer layers trained per interval (per pipeline stage); 0 = LISA off
     interval: int = 20  # K: steps between switches
-    state: str = "reset"  # reset | offload: optimizer state of a layer that leaves
+    state: str = "offload"  # offload (kept on the host, restored on return) | reset: a leaving layer's Adam state
 
     @property
     def enabled(self) -> bool:
