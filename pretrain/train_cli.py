@@ -91,7 +91,7 @@ def run_rank(cfg: Config) -> int:
         elif cfg.init_from:
             source = trainer.initialize_from(Path(cfg.init_from))
             if info.is_main:
-                print(f"initialized from {source} (optimizer state: {cfg.init_optimizer})", flush=True)
+                print(f"initialized from {source} (optimizer state: {trainer.init_optimizer_note})", flush=True)
         progress = TrainingProgress(cfg, trainer.step, enabled=info.is_main)
         with progress:
             summary = trainer.fit(progress.update)

@@ -182,6 +182,7 @@ class Trainer:
 
             load_hf_weights(Path(str(path)[3:]), self.model_chunks)
             reload_optimizer_params(self.optimizer)
+            self.init_optimizer_note = "fresh: Hugging Face weights carry no optimizer state"
             return path
         path = Path(path)
         if not (path / ckpt.STATE_FILE).is_file():
@@ -195,6 +196,8 @@ class Trainer:
         # `hetron import-hf` writes weights only: no optimizer state, no data history
         weights_only = bool(state.get("weights_only"))
         keep = self.cfg.init_optimizer == "keep" and not weights_only
+        self.init_optimizer_note = ("kept from it" if keep else "fresh: the checkpoint holds weights only" if weights_only
+                                    else "fresh (init_optimizer=reset)")
         ckpt.load_model_and_optimizer(path, self.model_chunks, self.optimizer if keep else None, self.info.rank)
         if not keep:
             from pretrain.hf.load import reload_optimizer_params

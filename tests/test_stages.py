@@ -104,6 +104,7 @@ def test_two_stage_run_with_replay_interrupted_inside_stage_2_resumes_exactly(tm
                  "stages=[{name: c2, data: [{path: " + C_HEADERS + "}], steps: 2}]", "replay.fraction=0.5",
                  "train.eval_every=2", "train.eval_batches=1")
     assert "initialized from" in proc.stdout and "step_00000006" in proc.stdout
+    assert "(optimizer state: fresh (init_optimizer=reset))" in proc.stdout
     last = metrics(tmp_path / "next")[-1]
     assert last["step"] == 2 and {"eval_loss/py", "eval_loss/c", "eval_loss/c2"} <= set(last)
 
