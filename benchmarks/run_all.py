@@ -59,6 +59,7 @@ def benchmarks(shards: str, out: Path) -> list[Benchmark]:
                            "launch.nproc=2", "--lengths", "64,128,256", "--repeats", "1", "--out", str(cost)]]),
         Benchmark("scaling_law", "bench_scaling_law.py", ["--quick"], needs=[SHARED / "loss-curves" / "mpl-25M"]),
         Benchmark("multinode", "bench_multinode.py", ["--quick"]),
+        Benchmark("hf_convert", "bench_hf_convert.py", ["--quick"]),
         Benchmark("forecast", "bench_forecast.py", ["--quick"], needs=[SHARED / "loss-curves" / "mpl-25M"]),
         Benchmark("cli_startup", "bench_cli_startup.py", ["--quick"]),
     ]
