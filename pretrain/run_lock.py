@@ -73,16 +73,35 @@ def _in_use(run_dir: Path, path: Path, owner: dict) -> HetronError:
                        f"choose another run.dir (if that run is gone, delete {path})")
 
 
+def _read_owner(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _owner_mark(pid: int, run_dir: Path) -> str:
+    return f"{pid}:{Path(run_dir).resolve()}"
+
+
+def _held_by_our_launcher(owner: dict, run_dir: Path) -> bool:
+    """The lock of run_dir is this process's launcher's (or its own): OWNER_ENV names the pid that
+    took it and the folder. Only then, so a value inherited by an unrelated process (a test runner,
+    a shell) or left from another folder grants nothing."""
+    return (bool(owner) and owner.get("host") == socket.gethostname()
+            and os.environ.get(OWNER_ENV) == _owner_mark(owner.get("pid", -1), run_dir))
+
+
 def refuse_if_in_use(run_dir: Path) -> None:
     """The refusal acquire() would give, without taking the lock or writing anything (--dry-run)."""
     path = Path(run_dir) / LOCK_FILE
-    if os.environ.get(OWNER_ENV) or not path.is_file():
+    if not path.is_file():
         return
     try:
         owner = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return
-    if owner and not _owner_gone(owner):
+    if owner and not _held_by_our_launcher(owner, run_dir) and not _owner_gone(owner):
         raise _in_use(run_dir, path, owner)
 
 
@@ -90,10 +109,10 @@ def acquire(run_dir: Path) -> str | None:
     """Take the run folder's lock for this process (released at exit); returns a message when a
     stale lock was taken over. A folder another live run holds is a HetronError."""
     run_dir = Path(run_dir)
-    if os.environ.get(OWNER_ENV):
+    path = run_dir / LOCK_FILE
+    if _held_by_our_launcher(_read_owner(path), run_dir):
         return None  # a rank of a local launch: the launcher holds the lock
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
     message = None
     for _ in range(2):
         try:
@@ -111,7 +130,7 @@ def acquire(run_dir: Path) -> str | None:
         with os.fdopen(fd, "w") as f:
             json.dump(_this_owner(), f)
         atexit.register(release, run_dir)
-        os.environ[OWNER_ENV] = str(os.getpid())  # inherited by the ranks this process spawns
+        os.environ[OWNER_ENV] = _owner_mark(os.getpid(), run_dir)  # inherited by the ranks this process spawns
         return message
     raise HetronError(f"run.dir={run_dir}: another run took the lock {path} at the same moment")
 

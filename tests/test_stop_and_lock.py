@@ -110,7 +110,9 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, small_shards):
 
 
 def test_a_stale_lock_is_taken_over_and_a_live_one_refused(tmp_path, monkeypatch):
-    monkeypatch.delenv(run_lock.OWNER_ENV, raising=False)
+    # set, then deleted: monkeypatch then removes what acquire() below sets, so nothing leaks to later tests
+    monkeypatch.setenv(run_lock.OWNER_ENV, "")
+    monkeypatch.delenv(run_lock.OWNER_ENV)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
