@@ -48,7 +48,8 @@ def test_srun_tasks_derive_one_consistent_world():
                          text=True, timeout=120, check=True).stdout
     envs = sorted((json.loads(line) for line in out.splitlines()), key=lambda e: e["RANK"])
     assert [(e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"]) for e in envs] == [("0", "0", "2"), ("1", "1", "2")]
-    assert envs[0]["MASTER_ADDR"] == envs[1]["MASTER_ADDR"] == sinfo("%N")[0].split(",")[0]
+    default = next(p for p in query_partitions().values() if p.is_default)  # where a plain srun runs
+    assert envs[0]["MASTER_ADDR"] == envs[1]["MASTER_ADDR"] == default.nodes[0].name
     assert envs[0]["MASTER_PORT"] == envs[1]["MASTER_PORT"]
 
 
@@ -88,7 +89,7 @@ def test_status_of_an_unknown_job_says_so(capsys):
 def test_by_default_each_task_gets_its_share_of_the_node(tmp_path, capsys):
     """Slurm's own default is one CPU per task and the site's default memory: a GPU's data loading and
     host work on one core."""
-    node = next(n for p in query_partitions().values() for n in p.nodes)
+    node = next(p for p in query_partitions().values() if p.is_default).nodes[0]  # where the job goes
     assert hetron(["submit", f"run.dir={tmp_path}", "train.steps=20", "launch.nproc=2", "--dry-run"]) == 0
     script = capsys.readouterr().out
     assert "#SBATCH --ntasks-per-node=2" in script
