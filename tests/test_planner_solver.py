@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from parallel.cost_model import CostModel
@@ -18,6 +18,14 @@ BATCH = [200, 300, 900, 1500, 2500, 4000, 7000, 9000, 13000, 20000, 30000, 400, 
 # one micro-batch on which the exact re-pack beats the greedy packer (found by search: lognormal(7.5, 1.1)
 # lengths, random.Random(21)); 1862.4 -> 1857.1 ms
 IMPROVABLE = [1385, 129, 10499, 2311, 1543, 3462, 1319, 11783, 5125, 2977]
+
+
+@pytest.fixture(autouse=True)
+def solver_idle():
+    """A plan_step of an earlier test (this file's or another's) may leave its solver worker running past
+    its budget, as a trainer step would; each test here starts with the worker free, as a step would
+    after a step's compute."""
+    assert step.wait_for_solver(120.0), "the planner's solver worker stayed busy for 120 s"
 
 
 def fast_only(lengths, ranks):
@@ -157,6 +165,7 @@ def test_repack_is_valid_never_worse_and_its_warm_start_is_feasible(lengths, ran
 
 @settings(max_examples=10, deadline=None)
 @given(st.lists(st.integers(100, 40000), min_size=2, max_size=25), st.sampled_from([4, 8, 16]))
+@example([100, 113, 157, 362, 452, 1060], 4)  # HiGHS 1.16 called its optimum a "solve error" (1e-6 off a row)
 def test_flexsp_milp_micro_batch_is_valid_and_its_padded_objective_bounds_it(lengths, ranks):
     lengths = [min(x, ranks * CM.capacity_tokens) for x in lengths]
     problem = build_problem(lengths, ranks, CM)
@@ -173,7 +182,8 @@ def test_flexsp_milp_micro_batch_is_valid_and_its_padded_objective_bounds_it(len
     assert sum(problem.sizes[s] for s, _ in mb.groups) <= ranks
     for s, seqs in mb.groups:
         assert sum(lengths[i] for i in seqs) <= problem.sizes[s] * CM.capacity_tokens
-    assert mb.span_ms <= result.bucketed_ms + 1e-6  # padding to bucket tops only adds time
+    # padding to bucket tops only adds time; the MILP's span variable may sit HiGHS's 1e-6 row tolerance low
+    assert mb.span_ms <= result.bucketed_ms + 1e-5
 
 
 def test_flexsp_milp_warm_start_without_padding_is_kept():

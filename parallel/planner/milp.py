@@ -4,7 +4,7 @@ highspy's array interface, or by CBC through pulp as the fallback (`solvers`).
 Lengths are bucketed (bucketing DP, <= max_buckets, each bucket padded to its longest). Candidate
 groups p: for each allowed size d, up to floor(N/d) copies (fewer when fewer sequences could use
 them). Integer A[k,p] = sequences of bucket k in group p, binary u[p] = group used; minimise M s.t.
-  sum_p A[k,p] = n_k;  A[k,p] = 0 if d_p cannot hold b_k;  sum_k b_k*A[k,p] <= d_p*C*u[p];
+  sum_p A[k,p] = n_k;  A[k,p] = 0 if d_p cannot hold b_k;  sum_k b_k*A[k,p] <= d_p*C*u[p] (scaled by 1/C);
   sum_k T(b_k, d_p)*A[k,p] <= M;  A[k,p] <= n_k*u[p];  sum_p d_p*u[p] <= N;  u[p] >= u[p'] for the
   next copy p' of the same size (symmetry). beta is the same for every group and is left out.
 The warm start is a given micro-batch (the greedy's), counted into buckets and groups.
@@ -83,9 +83,11 @@ def build_micro_batch_model(problem: PlanningProblem, members, cost_model,
         used = columns.add(copies, upper=1.0, integer=True)
         take = columns.add(copies * e, upper=np.tile(counts[eligible], copies), integer=True).reshape(copies, e)
         seq_ms = np.asarray([cost_model.seq_time_ms(int(tops[k]), d) for k in eligible], dtype=np.float64)
-        memory = rows.add(copies, -np.inf, 0.0)  # sum_k b_k A[k,p] - d C u[p] <= 0
-        rows.entries(memory[:, None], take, tops[eligible][None, :].astype(np.float64))
-        rows.entries(memory, used, -float(d * cap))
+        # sum_k (b_k/C) A[k,p] - d u[p] <= 0: in units of C, since coefficients of ~1e4 tokens beside 0/1
+        # columns left HiGHS 1.16 "optimal" solutions 1e-6 outside this row, which it then calls a solve error
+        memory = rows.add(copies, -np.inf, 0.0)
+        rows.entries(memory[:, None], take, (tops[eligible] / float(cap))[None, :])
+        rows.entries(memory, used, -float(d))
         timing = rows.add(copies, -np.inf, 0.0)  # sum_k T_k A[k,p] - M <= 0
         rows.entries(timing[:, None], take, seq_ms[None, :])
         rows.entries(timing, span, -1.0)

@@ -68,9 +68,9 @@ def build_repack_model(problem: PlanningProblem, packed: PackedMicroBatch, chose
     timing = rows.add(len(chosen), -np.inf, 0.0)
     rows.entries(timing[None, :], x, times)
     rows.entries(timing, span, -1.0)
-    capacity = np.asarray([problem.sizes[s] for s in sizes_idx], dtype=np.float64) * problem.capacity
-    memory = rows.add(len(chosen), -np.inf, capacity)
-    rows.entries(memory[None, :], x, problem.lengths[seqs][:, None].astype(np.float64))
+    # in units of the capacity C, as in milp.py (HiGHS's 1e-6 row tolerance then means the same everywhere)
+    memory = rows.add(len(chosen), -np.inf, np.asarray([problem.sizes[s] for s in sizes_idx], dtype=np.float64))
+    rows.entries(memory[None, :], x, (problem.lengths[seqs] / float(problem.capacity))[:, None])
     model: LinearModel = rows.model(columns)
     warm = np.zeros(model.num_cols)
     warm[x[np.arange(seqs.size), home]] = 1.0
