@@ -116,7 +116,7 @@ def load_model_and_optimizer(path: Path, model_chunks, optimizer, rank: int) -> 
     loaded = dist_checkpointing.load(_sharded_state(model_chunks, optimizer, is_loading=True), str(path))
     unwrap(model_chunks[0]).load_state_dict(loaded["model"])
     if optimizer is not None:
-        _load_optimizer_state(optimizer, loaded["optimizer"])
+        _load_optimizer_state(optimizer, loaded["optimizer"], path)
     rng_file = path / RNG_DIR / f"rank_{rank:05d}.pt"
     return torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
 
@@ -137,7 +137,7 @@ def _initialise_optimizer_state(optimizer) -> None:
                 state.setdefault("step", torch.tensor(0.0))
 
 
-def _load_optimizer_state(optimizer, state) -> None:
+def _load_optimizer_state(optimizer, state, path: Path) -> None:
     """optimizer.load_state_dict, working around megatron-core 0.16's fully reshardable load with
     torch Adam (no Apex/TE): load_state_dict puts 'step' into every parameter's state and then
     load_parameter_state_from_fully_reshardable expects a checkpoint tensor for every state key,
@@ -151,6 +151,10 @@ def _load_optimizer_state(optimizer, state) -> None:
         states = [v for _, v in sorted(state.items())] if isinstance(state, dict) else list(state)
     for opt, st in zip(opts, states):
         inner = getattr(opt, "optimizer", None)
+        if isinstance(st, dict) and "param_state_sharding_type" in st and not hasattr(opt, "load_parameter_state_from_fully_reshardable"):
+            raise HetronError(f"{path} holds distributed-optimizer state, which parallel.distributed_optimizer=false "
+                              "cannot load; set parallel.distributed_optimizer=true, or init_optimizer=reset to keep "
+                              "only the weights")
         if not (isinstance(st, dict) and st.get("param_state_sharding_type") == "fully_reshardable"
                 and keeps_step_per_parameter(inner)):
             opt.load_state_dict(st)

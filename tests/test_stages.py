@@ -107,6 +107,12 @@ def test_two_stage_run_with_replay_interrupted_inside_stage_2_resumes_exactly(tm
     assert "(optimizer state: fresh (init_optimizer=reset))" in proc.stdout
     last = metrics(tmp_path / "next")[-1]
     assert last["step"] == 2 and {"eval_loss/py", "eval_loss/c", "eval_loss/c2"} <= set(last)
+    # the distributed optimizer's state cannot go into the plain one: one line, nothing written
+    proc = train(tmp_path / "plain", small_shards, hetron_cache, f"init_from={tmp_path / 'full'}",
+                 "parallel.distributed_optimizer=false", ok=False)
+    assert proc.returncode != 0
+    assert "holds distributed-optimizer state, which parallel.distributed_optimizer=false cannot load" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "plain" / "checkpoints").exists()
 
 
 @pytest.mark.slow
