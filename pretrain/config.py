@@ -138,6 +138,7 @@ class SequenceParallelConfig:
 
 REWEIGHT_STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
 REWEIGHT_OBJECTIVES = ("tokens", "samples")
+REWEIGHT_SCOPES = ("batch", "microbatch")
 
 
 @dataclass
@@ -151,6 +152,9 @@ class ReweightConfig:
     r_warmup: int = 0  # after burn-in, this many steps at r_warmup_value before r
     r_warmup_value: float = 100.0
     objective: str = "tokens"  # tokens: sum_i w_i (n_i / mean n) l_i | samples: sum_i w_i l_i
+    # batch: weights over the global batch (a forward-only pass first) | microbatch: over each
+    # micro-batch gathered across data-parallel ranks, in the one ordinary pass (the authors' way)
+    scope: str = "batch"
 
     def validate(self, prefix: str = "reweight") -> None:
         if self.strategy not in REWEIGHT_STRATEGIES:
@@ -163,6 +167,8 @@ class ReweightConfig:
             raise ConfigError(f"{prefix}.burn_in_steps and {prefix}.r_warmup must be >= 0")
         if self.objective not in REWEIGHT_OBJECTIVES:
             raise ConfigError(f"{prefix}.objective={self.objective!r} is not one of {', '.join(REWEIGHT_OBJECTIVES)}")
+        if self.scope not in REWEIGHT_SCOPES:
+            raise ConfigError(f"{prefix}.scope={self.scope!r} is not one of {', '.join(REWEIGHT_SCOPES)}")
         if not self.r_warmup_value > 0:
             raise ConfigError(f"{prefix}.r_warmup_value={self.r_warmup_value} must be positive")
 
@@ -460,9 +466,6 @@ def validate(cfg: Config) -> None:
     if cfg.forecast.every and cfg.stages:
         raise ConfigError("forecast.every works on single-stage runs; drop `stages` or set forecast.every=0")
     validate_stages(cfg)
-    if cfg.reweight.enabled and cfg.parallel.pipeline > 1:
-        raise ConfigError(f"reweight.strategy={cfg.reweight.strategy!r} needs parallel.pipeline=1 (the weights of a "
-                          "global batch are computed before its backward, which pipeline schedules interleave)")
     if cfg.model.vocab_size is not None:
         positive("model.vocab_size", cfg.model.vocab_size)
     from parallel.rope_scaling import check_rope_scaling

@@ -10,7 +10,8 @@ The step minimises, by default, the authors' length-aware objective sum_i w_i (n
 training. `reweight.objective=samples` minimises sum_i w_i l_i instead (the paper's formula as
 written: every sample counts alike whatever its length). The trainer runs two passes through
 megatron's schedule: a forward-only pass for every sample's loss, then the ordinary
-forward-backward with each token's loss scaled by its sample's coefficient (token_coefficients).
+forward-backward with each token's loss scaled by its sample's coefficient (token_coefficients);
+reweight.scope=microbatch weighs each micro-batch in the one pass instead (pretrain.micro_batch_weights).
 """
 from __future__ import annotations
 
@@ -102,13 +103,13 @@ class LossReweighting(Algorithm):
         return math.isfinite(self.r_at(step)) or self.cfg.objective != "tokens"
 
     def sample_weights(self, trainer, step: int, losses: torch.Tensor) -> torch.Tensor:
-        self.steps_weighted += 1
         return sample_weights(losses, self.cfg.strategy, self.r_at(step), self.cfg.delta).float()
 
     def on_step_end(self, trainer, step: int, metrics: dict) -> None:
         weights, losses = trainer.last_weights, trainer.last_sample_losses
         if weights is None:
             return
+        self.steps_weighted += 1
         metrics.update(weight_statistics(weights, losses))
         r = self.r_at(step - 1)
         if math.isfinite(r):

@@ -6,7 +6,9 @@ all-reduces the counts over data-parallel ranks and scales the gradients by 1 / 
 (`calculate_per_token_loss`). Per-sample losses (mean token loss of each document) are collected on
 the side for the algorithms that need them (reweighting) and for metrics. A reweighted step passes
 `sample_coefficients` (one per sample of the global batch): each token's loss is then scaled by its
-sample's coefficient, the count left as it is (pretrain.reweighting.token_coefficients).
+sample's coefficient, the count left as it is (pretrain.reweighting.token_coefficients); with
+reweight.scope=microbatch `sample_coefficients` is a MicroBatchWeights that weighs each micro-batch
+as it arrives (pretrain.micro_batch_weights).
 """
 from __future__ import annotations
 
@@ -89,7 +91,10 @@ def loss_func(mb: MicroBatch, record: SampleLosses, sample_coefficients: torch.T
     masked = losses * mask
     detached = masked.detach()
     doc = mb.local_document_index().to(losses.device)
-    record.add(mb.sample_ids, per_document_sums(detached, mb, doc), per_document_sums(mask, mb, doc))
+    sums, counts = per_document_sums(detached, mb, doc), per_document_sums(mask, mb, doc)
+    record.add(mb.sample_ids, sums, counts)
+    if callable(sample_coefficients):  # reweight.scope=microbatch: weighed here, from this micro-batch's losses
+        sample_coefficients = sample_coefficients(mb.sample_ids, sums, counts)
     if sample_coefficients is None:
         loss_sum = masked.sum()
     else:

@@ -311,6 +311,8 @@ class Trainer:
         tokens, per-sample losses, weights)."""
         from pretrain.reweighting import token_coefficients
 
+        if self.cfg.reweight.scope == "microbatch":
+            return self._run_micro_batch_weighted(micro_batches, num_samples, record, weigh)
         probe = SampleLosses()
         with torch.no_grad():
             self.run_micro_batches(micro_batches, forward_only=True, record=probe)
@@ -321,6 +323,22 @@ class Trainer:
         loss, tokens = self.run_micro_batches(micro_batches, forward_only=False, record=record,
                                               sample_coefficients=coefficients)
         return loss, tokens, losses, weights
+
+    def _run_micro_batch_weighted(self, micro_batches, num_samples: int, record: SampleLosses,
+                                  weigh) -> tuple[float, int, torch.Tensor, torch.Tensor]:
+        """reweight.scope=microbatch: one ordinary pass, each micro-batch weighed over its samples of
+        every data-parallel rank (pretrain.micro_batch_weights)."""
+        from megatron.core import parallel_state as ps
+
+        from pretrain.micro_batch_weights import MicroBatchWeights
+
+        weights = MicroBatchWeights(num_samples, weigh, self.cfg.reweight.objective, ps.get_data_parallel_group(),
+                                    self.info.device)
+        loss, tokens = self.run_micro_batches(micro_batches, forward_only=False, record=record,
+                                              sample_coefficients=weights)
+        losses, effective = weights.step_view(self.info.is_last_stage, self.info.dp_size * self.cfg.parallel.tensor,
+                                              self.info.device)
+        return loss, tokens, losses, effective
 
     def micro_batches(self, samples, plan=None):
         """This rank's micro-batches of a global batch: packed for plain data parallelism, or the

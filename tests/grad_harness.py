@@ -9,7 +9,8 @@ HARNESS_WEIGHTS=OTHER.pt weighs the samples with another run's weights.
 Rank 0 writes {"loss", "grads": {name: full fp32 gradient}, "sample_losses", "weights",
 "attention_calls"} to OUT.pt; attention_calls counts the core attention's forwards on rank 0 (twice per
 layer and micro-batch when megatron recomputes it in the backward).
-The distributed optimizer is off so every rank's DDP buffer holds the full all-reduced gradient.
+The distributed optimizer is off so every rank's DDP buffer holds the full all-reduced gradient; with
+parallel.pipeline > 1 rank 0 gathers every stage's gradients, named by global layer.
 """
 from __future__ import annotations
 
@@ -19,6 +20,28 @@ import sys
 from pathlib import Path
 
 import torch
+
+
+def spawn_harness(tmp_path: Path, name: str, nproc: int, args: list[str], env: dict | None = None) -> int:
+    """Run this harness as nproc gloo ranks with `args` (and `env` added to the environment), rank 0
+    dumping to TMP/name.pt and the others logging to TMP/logs-name; returns the exit code."""
+    from launch.local import spawn_ranks
+
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        return spawn_ranks("tests.grad_harness", [str(tmp_path / f"{name}.pt"), f"run.dir={tmp_path / name}", *args],
+                           nproc, tmp_path / f"logs-{name}")
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def run_harness(tmp_path: Path, name: str, nproc: int, args: list[str], env: dict | None = None) -> dict:
+    """spawn_harness that must succeed; returns rank 0's dump."""
+    code = spawn_harness(tmp_path, name, nproc, args, env)
+    assert code == 0, f"harness run {name} exited {code}; logs: {sorted((tmp_path / f'logs-{name}').glob('*'))}"
+    return torch.load(tmp_path / f"{name}.pt")
 
 
 def pattern_plan(lengths: list[int], patterns: list[list[int]], capacity: int):
@@ -54,6 +77,16 @@ def pattern_plan(lengths: list[int], patterns: list[list[int]], capacity: int):
                                 "patterns " + ";".join(",".join(map(str, p)) for p in patterns))
 
 
+def stage_gradients(module) -> dict[str, torch.Tensor]:
+    """This pipeline stage's gradients, named as in a one-stage model: a stage numbers its layers
+    from 0, their global index is layer_number - 1."""
+    import re
+
+    offsets = {str(i): str(layer.layer_number - 1) for i, layer in enumerate(module.decoder.layers)}
+    return {re.sub(r"^decoder\.layers\.(\d+)\.", lambda m: f"decoder.layers.{offsets[m.group(1)]}.", name):
+            p.main_grad.detach().float().clone() for name, p in module.named_parameters()}
+
+
 def main(argv: list[str]) -> int:
     from parallel.plan_execution import check_ranks_agree
     from pretrain.algorithms import build_algorithms
@@ -79,6 +112,8 @@ def main(argv: list[str]) -> int:
         arch, shards, manifest = load_prepared(cfg)
         trainer = Trainer(cfg, info, arch, shards, manifest, build_algorithms(cfg))
         trainer.build()
+        if cfg.init_from:  # layouts start from the same weights (a pipeline stage seeds its own layers' init)
+            trainer.initialize_from(Path(cfg.init_from))
         trainer._set_lr(0.0)
         for chunk in trainer.model_chunks:
             chunk.zero_grad_buffer()
@@ -110,8 +145,14 @@ def main(argv: list[str]) -> int:
         else:
             loss, _ = trainer.run_micro_batches(trainer.micro_batches(samples), forward_only=False, record=record)
             losses = weights = None
-        module = trainer.model_chunks[0].module
-        grads = {name: p.main_grad.detach().float().clone() for name, p in module.named_parameters()}
+        grads = stage_gradients(trainer.model_chunks[0].module)
+        if cfg.parallel.pipeline > 1:  # rank 0 holds the first stage: gather the others' (one DP/TP copy each)
+            import torch.distributed as dist
+
+            mine = grads if info.dp_rank == 0 and info.tp_rank == 0 else {}
+            stages = [None] * dist.get_world_size()
+            dist.all_gather_object(stages, mine)
+            grads = {name: g for stage in stages for name, g in stage.items()}
         if info.is_main:
             torch.save({"loss": loss, "grads": grads, "sample_losses": losses, "weights": weights,
                         "lengths": [len(x) - 1 for x in samples], "attention_calls": attention_calls[0]}, out)

@@ -25,6 +25,7 @@ ENUMS = {
     "sp.cost_model": (["auto"], ["sp.mode=adaptive"]),
     "reweight.strategy": (["uniform", "linupper", "quadratic", "extremes"], []),
     "reweight.objective": (["tokens", "samples"], ["reweight.strategy=linupper"]),
+    "reweight.scope": (["batch", "microbatch"], ["reweight.strategy=linupper"]),
     "lisa.state": (["reset", "offload"], ["lisa.layers=2"]),
     "schedule.decay_shape": (["linear", "cosine", "1-sqrt", "exponential", "megatron-exponential"],
                              ["schedule.kind=wsd", "schedule.cooldown_steps=20"]),

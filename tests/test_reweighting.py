@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from pretrain.errors import HetronError
 from pretrain.config import ReweightConfig
+from grad_harness import run_harness
+from pretrain.micro_batch_weights import effective_weights
 from pretrain.reweighting import LossReweighting, sample_weights, token_coefficients, weight_statistics
 
 
@@ -82,6 +85,84 @@ def test_two_rank_dp_gradients_equal_one_rank(tmp_path, small_shards):
     assert not torch.allclose(one["weights"], torch.full_like(one["weights"], 1 / len(one["weights"])))
     for name, g in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.fixture(scope="module")
+def start_weights(tmp_path_factory, small_shards) -> Path:
+    """One checkpoint both layouts start from: megatron seeds each pipeline stage's init apart."""
+    from conftest import TINY, run_hetron
+
+    start = tmp_path_factory.mktemp("start")
+    proc = run_hetron(["train", f"run.dir={start}", f"data.shards={small_shards}", *TINY, "train.steps=1",
+                       "checkpoint.every=1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return start
+
+
+def assert_same_gradients(got: dict, want: dict) -> None:
+    assert sorted(got["grads"]) == sorted(want["grads"])
+    for name, g in want["grads"].items():
+        torch.testing.assert_close(got["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+def test_pipeline_and_data_parallel_gradients_equal_one_rank(tmp_path, small_shards, start_weights):
+    """PP2 x DP2: the forward-only pass leaves the losses on the last stage's two data-parallel ranks;
+    the weights are made from all of them and the weighted backward runs through both stages."""
+    from conftest import TINY
+
+    common = [f"data.shards={small_shards}", *[a for a in TINY if "=" in a], "reweight.strategy=linupper",
+              "reweight.r=0.3", "data.global_batch_tokens=1500", f"init_from={start_weights}", "init_optimizer=reset"]
+    one = run_harness(tmp_path, "one", 1, common)
+    piped = run_harness(tmp_path, "pp2dp2", 4, [*common, "parallel.pipeline=2"])
+    torch.testing.assert_close(piped["weights"], one["weights"], rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(one["weights"], torch.full_like(one["weights"], 1 / len(one["weights"])))
+    assert_same_gradients(piped, one)
+    assert piped["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_micro_batch_scope_weighs_each_micro_batch_across_data_parallel_ranks(tmp_path, small_shards, start_weights):
+    """reweight.scope=microbatch at PP2 x DP2, two micro-batches per rank of two samples each: micro-batch
+    k is the k-th packed bin of both data-parallel ranks; its weights come from its four samples alone,
+    and the step equals one rank weighing the whole batch with the weights this makes effective."""
+    from conftest import TINY
+
+    from data.packing import assign_bins_to_ranks, pack_into_bins
+
+    common = [f"data.shards={small_shards}", *[a for a in TINY if "=" in a], "reweight.strategy=linupper",
+              "reweight.r=0.3", "data.global_batch_tokens=2048",
+              "train.micro_batch_tokens=512", f"init_from={start_weights}", "init_optimizer=reset"]
+    scoped = run_harness(tmp_path, "mb", 4, [*common, "parallel.pipeline=2", "reweight.scope=microbatch"])
+    lengths, losses, weights = scoped["lengths"], scoped["sample_losses"].double(), scoped["weights"].double()
+    bins = pack_into_bins(lengths, 512)
+    ranks = assign_bins_to_ranks([sum(lengths[i] for i in b) for b in bins], 2)
+    assert len(ranks[0]) == 2
+    for k in range(2):
+        members = sorted(i for dealt in ranks if dealt[k] >= 0 for i in bins[dealt[k]])
+        assert len(members) == 4
+        w = sample_weights(losses[members], "linupper", 0.3)
+        # micro-batch k's share of the step (objective tokens): its N_k of the N samples
+        torch.testing.assert_close(weights[members], len(members) / len(lengths) * w, rtol=1e-5, atol=1e-9)
+    assert weights.sum() == pytest.approx(1.0, rel=1e-6)
+    torch.save({"weights": scoped["weights"]}, tmp_path / "effective.pt")
+    reference = run_harness(tmp_path, "one", 1, common, env={"HARNESS_WEIGHTS": str(tmp_path / "effective.pt")})
+    assert_same_gradients(scoped, reference)
+
+
+@pytest.mark.parametrize("objective", ["tokens", "samples"])
+def test_effective_weights_invert_the_token_coefficients(objective):
+    """reweight.scope=microbatch reports the weights over the global batch that its per-micro-batch
+    coefficients amount to: weighing the whole batch with them gives back the same coefficients."""
+    gen = torch.Generator().manual_seed(3)
+    counts = torch.randint(20, 900, (12,), generator=gen).double()
+    coefficients = torch.zeros(12, dtype=torch.float64)
+    for members in ([0, 3, 4, 9], [1, 2, 5], [6, 7, 8, 10, 11]):  # three micro-batches
+        w = torch.softmax(torch.randn(len(members), generator=gen, dtype=torch.float64), 0)
+        coefficients[members] = token_coefficients(w, counts[members], objective)
+    weights = effective_weights(coefficients, counts, objective)
+    assert float(weights.sum()) == pytest.approx(1.0, rel=1e-12)
+    torch.testing.assert_close(token_coefficients(weights, counts, objective), coefficients, rtol=1e-12, atol=0)
 
 
 def authors_objective(weights, token_losses, objective):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TINY, error_lines, run_hetron
 
-from launch.local import spawn_ranks
+from grad_harness import spawn_harness
 from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
 from parallel.plan_execution import align_groups, allowed_group_sizes
 
@@ -16,16 +16,7 @@ MODEL = [a for a in TINY if "=" in a]
 
 
 def harness(tmp_path, name, nproc, shards, *extra, env=None):
-    import os
-
-    old = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        code = spawn_ranks("tests.grad_harness", [str(tmp_path / f"{name}.pt"), f"run.dir={tmp_path / name}",
-                                                  f"data.shards={shards}", *MODEL, *extra], nproc, tmp_path / f"logs-{name}")
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    code = spawn_harness(tmp_path, name, nproc, [f"data.shards={shards}", *MODEL, *extra], env)
     return code, (torch.load(tmp_path / f"{name}.pt") if code == 0 else None)
 
 
@@ -60,19 +51,30 @@ def test_reweighting_under_a_mixed_plan_matches_one_rank(tmp_path, small_shards)
         assert (sp["grads"][name] - ref).norm() <= 1e-5 * ref.norm() + 1e-9, name
 
 
-@pytest.mark.parametrize("objective", ["tokens", "samples"])
-def test_reweighting_with_documents_straddling_shards_matches_one_rank(tmp_path, long_shards, objective):
+@pytest.mark.parametrize("objective,scope", [("tokens", "batch"), ("samples", "microbatch")])
+def test_reweighting_with_documents_straddling_shards_matches_one_rank(tmp_path, long_shards, objective, scope):
     # 300 tokens per rank and documents up to 1024: most documents are split across 2-4 ranks at
     # arbitrary offsets, so every rank holds partial sums of the documents it shares.
     rw = ["model.seq_length=1024", "data.global_batch_tokens=6000", "reweight.strategy=linupper", "reweight.r=0.3",
           f"reweight.objective={objective}"]
-    code, one = harness(tmp_path, "one", 1, long_shards, *rw)
-    assert code == 0, sorted((tmp_path / "logs-one").glob("*"))
-    # The same weights as the one-rank run (a weight is a sharp function of the losses, which differ
-    # in their last float32 bits across layouts): gradients must then agree to float32 rounding.
-    code, sp = harness(tmp_path, "sp", 4, long_shards, *rw, "sp.mode=adaptive", "sp.tokens_per_rank=300",
-                       env={"HARNESS_PLAN": "4;2,1,1", "HARNESS_WEIGHTS": str(tmp_path / "one.pt")})
-    assert code == 0, sorted((tmp_path / "logs-sp").glob("*"))
+    sp_args = [*rw, "sp.mode=adaptive", "sp.tokens_per_rank=300", f"reweight.scope={scope}"]
+    if scope == "batch":
+        code, one = harness(tmp_path, "one", 1, long_shards, *rw)
+        assert code == 0, sorted((tmp_path / "logs-one").glob("*"))
+        # The same weights as the one-rank run (a weight is a sharp function of the losses, which differ
+        # in their last float32 bits across layouts): gradients must then agree to float32 rounding.
+        code, sp = harness(tmp_path, "sp", 4, long_shards, *sp_args,
+                           env={"HARNESS_PLAN": "4;2,1,1", "HARNESS_WEIGHTS": str(tmp_path / "one.pt")})
+        assert code == 0, sorted((tmp_path / "logs-sp").glob("*"))
+    else:
+        # each planned micro-batch weighs its own documents from partial sums of all its groups; one rank
+        # weighing the whole batch with the weights that amounts to takes the same step
+        code, sp = harness(tmp_path, "sp", 4, long_shards, *sp_args, env={"HARNESS_PLAN": "4;2,1,1"})
+        assert code == 0, sorted((tmp_path / "logs-sp").glob("*"))
+        torch.save({"weights": sp["weights"]}, tmp_path / "effective.pt")
+        code, one = harness(tmp_path, "one", 1, long_shards, *rw, env={"HARNESS_WEIGHTS": str(tmp_path / "effective.pt")})
+        assert code == 0, sorted((tmp_path / "logs-one").glob("*"))
+        assert float(sp["weights"].sum()) == pytest.approx(1.0, rel=1e-5)
     assert sum(length > 300 for length in one["lengths"]) >= 3
     torch.testing.assert_close(sp["sample_losses"], one["sample_losses"], rtol=1e-5, atol=1e-6)
     for name, ref in one["grads"].items():
