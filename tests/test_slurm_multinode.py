@@ -144,7 +144,10 @@ def test_preempted_two_node_job_resumes_on_both_nodes_to_the_same_losses(submit_
     assert "requeued 1 time(s)" in out and ": COMPLETED" in out
 
 
-def test_a_rank_killed_mid_step_ends_the_job_and_names_itself(submit_two_nodes, tmp_path, capsys):
+def test_a_rank_killed_mid_step_ends_the_job_names_itself_and_resumes_when_submitted_again(submit_two_nodes, tmp_path,
+                                                                                           capsys):
+    """After a rank dies nothing requeues: the job fails naming the lost node, and the same command
+    resumes from the checkpoint."""
     job = submit_two_nodes([*JOB, *LONG, f"run.dir={tmp_path}"])
     wait_for("a checkpoint", lambda: steps_done(tmp_path) >= 3)
     os.kill(rank_process("hnode2", 3), signal.SIGKILL)
@@ -161,6 +164,13 @@ def test_a_rank_killed_mid_step_ends_the_job_and_names_itself(submit_two_nodes, 
     print(f"rank killed -> job ended: {took:.1f} s")
     assert hetron(["status", job.job_id]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+    checkpoint = newest_checkpoint(tmp_path / "checkpoints")
+    step = int(checkpoint.name.split("_")[1])
+    target = steps_done(tmp_path) + 2  # past what the killed attempt logged
+    again = finished(submit_two_nodes([*JOB, *LONG, f"train.steps={target}", f"run.dir={tmp_path}"]))
+    assert f"resumed from {checkpoint} at step {step}" in job_log(again), job_log(again)[-3000:]
+    assert max(losses(tmp_path)) == target
 
 
 def attempts(sub: Submission) -> list[str]:
@@ -205,20 +215,6 @@ def test_a_lost_node_fails_the_attempt_and_slurm_requeues_it_to_resume(submit_tw
     assert attempts(job)[0] == "NODE_FAIL" and attempts(job)[-1] == "COMPLETED", attempts(job)
     assert sorted(losses(tmp_path)) == list(range(1, 11))
     assert {e.host for e in read_table(tmp_path)} == {"hnode1", "hnode2"}
-
-
-def test_a_job_that_failed_resumes_when_submitted_again(submit_two_nodes, tmp_path):
-    """After a failure nothing requeues (the rank-kill case): the same command resumes from the checkpoint."""
-    first = submit_two_nodes([*JOB, *LONG, f"run.dir={tmp_path}"])
-    wait_for("a checkpoint", lambda: newest_checkpoint(tmp_path / "checkpoints") is not None)
-    os.kill(rank_process("hnode1", 1), signal.SIGKILL)
-    wait_for("the job to end", lambda: state(first) in ENDED, 120)
-    assert state(first) == "FAILED"
-    checkpoint = newest_checkpoint(tmp_path / "checkpoints")
-    step = int(checkpoint.name.split("_")[1])
-    again = finished(submit_two_nodes([*JOB, *LONG, f"train.steps={step + 2}", f"run.dir={tmp_path}"]))
-    assert f"resumed from {checkpoint} at step {step}" in job_log(again), job_log(again)[-3000:]
-    assert max(losses(tmp_path)) == step + 2
 
 
 def test_sequence_parallel_groups_spanning_the_nodes_give_the_single_rank_loss(submit_two_nodes, long_shards,
