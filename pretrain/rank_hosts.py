@@ -79,6 +79,18 @@ def read_table(run_dir: Path) -> list[RankHost]:
 _PEER_ADDRESS = re.compile(r"\[?(\d{1,3}(?:\.\d{1,3}){3})\]?:(\d+)")
 
 
+# torch.distributed raises plain RuntimeErrors (DistError only in newer paths): these marks of gloo's,
+# NCCL's and c10d's texts tell a lost peer or a collective timeout from a bug in the step
+COMMUNICATION_MARKS = ("gloo", "Connection closed by peer", "Connection reset by peer", "c10d", "NCCL",
+                       "ProcessGroup", "Timed out")
+
+
+def is_communication_failure(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    return isinstance(exc, dist.DistError) or any(mark in str(exc) for mark in COMMUNICATION_MARKS)
+
+
 def peers_named_in(message: str, table: list[RankHost], me: RankHost) -> list[RankHost]:
     """The other ranks on the hosts whose addresses a communication error names (a peer's port is not
     its rank's: every rank of that host is a suspect)."""

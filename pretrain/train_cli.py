@@ -108,11 +108,12 @@ def run_rank(cfg: Config) -> int:
             _finish(cfg, summary)
         return 0
     except RuntimeError as exc:  # torch.distributed's errors are RuntimeErrors
+        from pretrain.rank_hosts import is_communication_failure, lost_peer_message
+
         if not is_communication_failure(exc):
             raise
         from pretrain.checkpoint import newest_checkpoint
         from pretrain.errors import HetronError
-        from pretrain.rank_hosts import lost_peer_message
 
         newest = newest_checkpoint(cfg.checkpoint_dir)
         raise HetronError(lost_peer_message(exc, hosts, me, trainer.step if trainer else 0,
@@ -137,16 +138,6 @@ def share_rank_hosts(cfg: Config, info):
         if info.world_size > 1:
             print(f"hetron: {hosts_summary(table)}", flush=True)
     return me, table
-
-
-def is_communication_failure(exc: BaseException) -> bool:
-    import torch.distributed as dist
-
-    if isinstance(exc, dist.DistError):
-        return True
-    text = str(exc)
-    return any(mark in text for mark in ("gloo", "Connection closed by peer", "Connection reset by peer",
-                                         "c10d", "NCCL", "ProcessGroup", "Timed out"))
 
 
 def _finish(cfg: Config, summary: dict) -> None:

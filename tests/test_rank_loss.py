@@ -108,3 +108,20 @@ def test_launch_timeout_s_must_be_positive(tmp_path):
     proc = run_hetron(["train", *TINY, "launch.timeout_s=0", f"run.dir={tmp_path}"])
     assert proc.returncode == 2 and "launch.timeout_s=0.0 must be positive" in proc.stderr.strip().splitlines()[-1]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text,lost", [
+    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.77.0.12]:40123", True),
+    ("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 20000ms for recv operation "
+     "to complete", True),
+    ("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network error", True),
+    ("mat1 and mat2 shapes cannot be multiplied (256x64 and 128x64)", False),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", False),
+])
+def test_lost_peers_are_told_from_bugs_in_the_step(text, lost):
+    import torch.distributed as dist
+
+    from pretrain.rank_hosts import is_communication_failure
+
+    assert is_communication_failure(RuntimeError(text)) is lost
+    assert is_communication_failure(dist.DistError("anything"))
