@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def test_summary_metrics_and_plot(tmp_path, small_shards):
                        "run.profile_steps=3"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "held-out loss" in proc.stdout and str(run.resolve()) in proc.stdout
+    assert re.search(r"expected: about \d+ s more for the last step left \([\d.]+ s/step over steps 2-3;", proc.stdout), \
+        proc.stdout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "loss", "lr", "tokens", "tokens_per_s"} <= set(rows[0])
     assert any("eval_loss" in r for r in rows)
@@ -107,6 +110,13 @@ def test_summary_metrics_and_plot(tmp_path, small_shards):
     assert trace.name == "step_00000003-rank_0.json"
     events = json.loads(trace.read_text())["traceEvents"]
     assert any(e.get("name", "").startswith("aten::") for e in events)
+
+
+def test_expected_duration_line_reads_in_seconds_then_minutes():
+    from pretrain.progress import expected_duration_line
+
+    assert expected_duration_line(2.5, 20, 3).startswith("expected: about 50 s more for the 20 steps left (2.50 s/step")
+    assert expected_duration_line(3.0, 57, 3).startswith("expected: about 2.9 min more for the 57 steps left")
 
 
 # ------------------------------------------------------------------------------------ bad inputs
