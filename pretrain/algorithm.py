@@ -6,6 +6,7 @@ changes across steps goes in state_dict()/load_state_dict() and is saved in ever
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: torch is imported by the algorithms that compute with it
@@ -52,3 +53,12 @@ class Algorithm:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def rank_state_dict(self) -> dict | None:
+        """State that differs by rank and is too large to gather on one host (LISA's offloaded
+        optimizer slices): every rank saves its own in the checkpoint; None: nothing."""
+        return None
+
+    def load_rank_states(self, trainer: "Trainer", files: list[Path]) -> None:
+        """The rank_state_dict files of every rank that saved one (the saved layout may differ from
+        this run's); called after load_state_dict, before before_checkpoint_load."""

@@ -24,6 +24,7 @@ from pretrain.optimizer_state import inner_optimizers, keeps_step_per_parameter
 STATE_FILE = "hetron_state.json"
 COMPONENTS_FILE = "components.pt"
 RNG_DIR = "rng"
+RANK_STATE_DIR = "rank_state"  # rank_state/<algorithm>/rank_<r>.pt: Algorithm.rank_state_dict() of each rank
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -67,7 +68,7 @@ def _sharded_state(model_chunks, optimizer, *, is_loading: bool):
 
 
 def save_checkpoint(root: Path, step: int, model_chunks, optimizer, trainer_state: dict, components: dict,
-                    rng: dict, rank: int, keep: int) -> Path:
+                    rng: dict, rank: int, keep: int, rank_states: dict | None = None) -> Path:
     from megatron.core import dist_checkpointing
 
     final = root / step_dir_name(step)
@@ -82,6 +83,10 @@ def save_checkpoint(root: Path, step: int, model_chunks, optimizer, trainer_stat
     fault_point("kill-in-checkpoint", step)
     (tmp / RNG_DIR).mkdir(exist_ok=True)
     torch.save(rng, tmp / RNG_DIR / f"rank_{rank:05d}.pt")
+    for name, rank_state in (rank_states or {}).items():
+        if rank_state is not None:
+            (tmp / RANK_STATE_DIR / name).mkdir(parents=True, exist_ok=True)
+            torch.save(rank_state, tmp / RANK_STATE_DIR / name / f"rank_{rank:05d}.pt")
     dist.barrier()
     if rank == 0:
         torch.save(components, tmp / COMPONENTS_FILE)
@@ -93,6 +98,11 @@ def save_checkpoint(root: Path, step: int, model_chunks, optimizer, trainer_stat
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def rank_state_files(path: Path, name: str) -> list[Path]:
+    """Every rank's saved rank_state_dict of algorithm `name` in checkpoint `path`, by rank."""
+    return sorted((path / RANK_STATE_DIR / name).glob("rank_*.pt"))
 
 
 def read_trainer_state(path: Path) -> tuple[dict, dict]:

@@ -9,11 +9,12 @@ interval. With pipeline parallelism every stage samples `layers` of its own laye
 Megatron's DDP allocates its gradient buffers, and its optimizer its state, when they are built,
 so freezing parameters alone frees nothing. At every switch we therefore rebuild megatron's
 DistributedDataParallel and optimizer over the same GPTModel (megatron-core unmodified): the new
-gradient buffers and optimizer state cover only the trainable parameters. The optimizer state of
-parameters that stay trainable is carried over exactly (gathered over the data-parallel group,
-since the distributed optimizer's shards move when the buffers change); the state of departing
-layers is dropped (`state: reset`) or kept in host memory and restored when the layer returns
-(`state: offload`). One Adam step count is shared by all parameters (as megatron's fused Adam and
+gradient buffers and optimizer state cover only the trainable parameters, and the old ones are
+freed at once. The optimizer state of parameters that stay trainable is carried over exactly: with
+the distributed optimizer each rank holds a slice, the slices move when the buffers change, and
+each element is sent once from its old rank to its new one (no rank gathers a full tensor). The
+state of departing layers is dropped (`state: reset`) or each rank's slice of it is kept in (pinned)
+host memory and restored when the layer returns (`state: offload`). One Adam step count is shared by all parameters (as megatron's fused Adam and
 its checkpoint format have it), so a layer entering with reset moments uses the run's bias
 correction.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,7 +31,17 @@ import torch.distributed as dist
 from pretrain.algorithm import Algorithm
 from pretrain.config import LisaConfig
 from pretrain.errors import HetronError
+from pretrain.optimizer_shards import (
+    StatePieces,
+    exchange_into,
+    free_storages,
+    optimizer_pieces,
+    optimizer_tensors,
+    sub_optimizers,
+    to_host,
+)
 from pretrain.optimizer_state import set_step_count, step_count
+from pretrain.shard_exchange import equal_chunk, overlap
 
 LAYER_PREFIX = "decoder.layers."
 
@@ -62,96 +74,24 @@ def trainable(name: str, active: tuple[int, ...]) -> bool:
 # ------------------------------------------------------------------ optimizer state, per parameter
 
 
-def _sub_optimizers(optimizer):
-    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
-
-
-def _main_slices(optimizer) -> dict:
-    """model param -> (inner torch optimizer, main param, start, end): the part [start, end) of the
-    flattened model parameter whose optimizer state this rank holds, in megatron's distributed
-    optimizer (a shard), its float16 optimizer (an fp32 master copy) or its fp32 optimizer."""
-    out = {}
-    for opt in _sub_optimizers(optimizer):
-        inner = opt.optimizer
-        if hasattr(opt, "model_param_group_index_map"):  # DistributedOptimizer
-            for model_param, (gi, go) in opt.model_param_group_index_map.items():
-                rng = opt._get_model_param_range_map(model_param)["param"]
-                out[model_param] = (inner, inner.param_groups[gi]["params"][go], rng.start, rng.end)
-        elif hasattr(opt, "float16_groups"):  # Float16OptimizerWithFloat16Params
-            for models, mains in zip(opt.float16_groups, opt.fp32_from_float16_groups):
-                for model_param, main in zip(models, mains):
-                    out[model_param] = (inner, main, 0, model_param.numel())
-            for group in opt.fp32_from_fp32_groups:
-                for p in group:
-                    out[p] = (inner, p, 0, p.numel())
-        else:  # FP32Optimizer
-            for group in inner.param_groups:
-                for p in group["params"]:
-                    out[p] = (inner, p, 0, p.numel())
-    return out
-
-
 def init_optimizer_state(optimizer, step: int) -> None:
     """Create every parameter's Adam state now (zero moments) with the run's step count, where the
     optimizer keeps it (pretrain.optimizer_state), as megatron's checkpoint loader also needs; fresh
     moments equal what torch Adam would create lazily."""
-    for opt in _sub_optimizers(optimizer):
+    for opt in sub_optimizers(optimizer):
         init = getattr(opt, "init_state_fn", None)
         if init is not None:
             init(opt.optimizer, getattr(opt, "config", None))
         set_step_count(opt.optimizer, step)
 
 
-def _grad_buffer_of(ddp, param):
-    for buffer in list(ddp.buffers) + list(getattr(ddp, "expert_parallel_buffers", [])):
-        if param in buffer.param_index_map:
-            return buffer
-    return None
-
-
-def export_param_states(ddp, optimizer, named: list[tuple[str, torch.nn.Parameter]], keys: tuple[str, ...]) -> dict:
-    """{name: {key: full fp32 tensor on the host}} for the parameters `named` (trainable ones, the
-    same list on every rank). With the distributed optimizer each data-parallel rank holds a slice
-    of a parameter's state: the slices are summed over the buffer's data-parallel group (one
-    parameter at a time, so the device holds at most one parameter's full state extra)."""
-    slices = _main_slices(optimizer)
-    out = {}
-    for name, param in named:
-        found = slices.get(param)
-        buffer = _grad_buffer_of(ddp, param)
-        group = buffer.data_parallel_group if buffer is not None else None
-        distributed = group is not None and ddp.ddp_config.use_distributed_optimizer and dist.get_world_size(group) > 1
-        entry = {}
-        for key in keys:
-            full = torch.zeros(param.numel(), dtype=torch.float32, device=param.device)
-            if found is not None:
-                inner, main, start, end = found
-                src = main if key == "param" else inner.state.get(main, {}).get(key)
-                if src is not None:
-                    full[start:end] = src.detach().reshape(-1).float()
-            if distributed:
-                dist.all_reduce(full, group=group)
-            entry[key] = full.view(param.shape).cpu()
-        out[name] = entry
-    return out
-
-
-def import_param_states(optimizer, named: dict, states: dict) -> list[str]:
-    """Copy host states {name: {key: full tensor}} into the optimizer's slices; returns the names
-    restored."""
-    slices = _main_slices(optimizer)
-    restored = []
-    for name, param in named.items():
-        if name not in states or param not in slices:
-            continue
-        inner, main, start, end = slices[param]
-        for key, full in states[name].items():
-            part = full.reshape(-1)[start:end]
-            dst = main if key == "param" else inner.state[main].get(key)
-            if dst is not None:
-                dst.data.copy_(part.to(dst.device, dst.dtype).view(dst.shape))
-        restored.append(name)
-    return restored
+def data_parallel_group(ddp):
+    """The group over which megatron's distributed optimizer shards this wrapper's state."""
+    groups = {id(b.data_parallel_group): b.data_parallel_group for b in ddp.buffers}
+    if len(groups) > 1:
+        raise HetronError("LISA found gradient buffers sharded over different data-parallel groups; "
+                          "it supports one (no expert parallelism)")
+    return next(iter(groups.values()), None)
 
 
 def state_keys(trainer) -> tuple[str, ...]:
@@ -165,7 +105,8 @@ def state_keys(trainer) -> tuple[str, ...]:
 def _release(ddp) -> None:
     """Drop what ties the old DDP wrapper to the module: its gradient-accumulation hooks (else a
     second wrapper would register a second hook on the same accumulator), parameter views into its
-    buffers (param.data with the distributed optimizer, param.main_grad always)."""
+    buffers (param.data with the distributed optimizer, param.main_grad always); then free its
+    buffers at once, not when the garbage collector finds the wrapper's reference cycles."""
     for param in ddp.module.parameters():
         if hasattr(param, "main_grad"):
             del param.main_grad
@@ -173,6 +114,8 @@ def _release(ddp) -> None:
         if param.storage_offset() != 0 or param.untyped_storage().nbytes() != param.numel() * param.element_size():
             param.data = param.data.clone()  # leave the old contiguous buffer; megatron needs a base tensor
     ddp.grad_accs.clear()
+    buffers = list(ddp.buffers) + list(getattr(ddp, "expert_parallel_buffers", []))
+    free_storages([t for b in buffers for t in (b.grad_data, b.param_data) if t is not None], ddp.module.parameters())
     if getattr(ddp, "use_forward_hook", False):
         ddp.disable_forward_pre_hook()
     config = ddp.module.config
@@ -208,6 +151,30 @@ def rebuild_ddp_and_optimizer(trainer, requires_grad: dict[str, bool]) -> None:
 # ------------------------------------------------------------------------------------ algorithm
 
 
+@dataclass
+class SwitchCost:
+    """What one switch cost: this rank's wall seconds; bytes sent between data-parallel ranks, copied
+    to host memory (departing layers) and back (returning layers), summed over all ranks."""
+
+    seconds: float = 0.0
+    sent_bytes: int = 0
+    to_host_bytes: int = 0
+    from_host_bytes: int = 0
+
+    def as_metrics(self) -> dict:
+        return {"lisa_switch_s": self.seconds, "lisa_switch_sent_bytes": self.sent_bytes,
+                "lisa_switch_to_host_bytes": self.to_host_bytes, "lisa_switch_from_host_bytes": self.from_host_bytes}
+
+
+def summed_over_ranks(values: list[int]) -> list[int]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return [int(v) for v in total.tolist()]
+
+
 class LisaLayerSampling(Algorithm):
     name = "lisa"
 
@@ -216,10 +183,10 @@ class LisaLayerSampling(Algorithm):
         self.seed = seed
         self.interval = -1  # index of the interval whose layers are active now
         self.active: tuple[int, ...] = ()  # local layer indices of this pipeline stage
-        self.offloaded: dict[str, dict[str, torch.Tensor]] = {}  # state: offload, host copies by name
+        self.offloaded = StatePieces()  # state: offload, this rank's slices of departed layers, on the host
+        self.offloaded_bytes_all_ranks = 0
         self.switches = 0
-        self.last_switch_s: float | None = None
-        self._loaded_offload: dict | None = None
+        self.last_switch: SwitchCost | None = None
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -245,33 +212,53 @@ class LisaLayerSampling(Algorithm):
     def switch(self, trainer, interval_index: int, *, carry: bool = True, rebuild: bool = True) -> None:
         """Make interval `interval_index`'s layers the trainable set and rebuild DDP + optimizer
         (rebuild=False: they were built for that set already; every rank must pass the same, as
-        building them runs collectives)."""
+        building them runs collectives). carry=False: no optimizer state moves (it is loaded next).
+
+        Each rank handles only its own slices: a departing layer's slices go to host memory as they
+        are (state: offload); the slices of parameters that stay, and of returning layers, go straight
+        to the ranks that hold them in the rebuilt optimizer (pretrain.shard_exchange)."""
         start = time.perf_counter()
+        cost = SwitchCost()
         module = self._module(trainer)
         active = self.layers_for(module, interval_index)
         named = dict(module.named_parameters())
+        want = {n: trainable(n, active) for n in named}
         keys = state_keys(trainer)
         step = step_count(trainer.optimizer)
+        old_optimizer = trainer.optimizer
+        staying = StatePieces()
         if carry:
-            current = [(n, p) for n, p in named.items() if p.requires_grad]
-            carried = export_param_states(trainer.model_chunks[0], trainer.optimizer, current, keys)
-        else:
-            carried = {}
-        want = {n: trainable(n, active) for n in named}
+            current = optimizer_pieces(old_optimizer, {n: p for n, p in named.items() if p.requires_grad}, keys)
+            departing = [n for n in current.ranges if not want[n]]
+            if self.cfg.state == "offload" and departing:
+                leaving = to_host(current.take(departing))
+                cost.to_host_bytes = leaving.nbytes()
+                self.offloaded = self.offloaded.merge(leaving)
+            staying = current.take([n for n in current.ranges if want[n]])
+            del current
         if rebuild:
             rebuild_ddp_and_optimizer(trainer, want)
         init_optimizer_state(trainer.optimizer, step)
-        if self.cfg.state == "offload":
-            for n in carried:
-                if not want[n]:
-                    self.offloaded[n] = carried[n]  # departing: keep on the host
-            restore = {n: self.offloaded.pop(n) for n in list(self.offloaded) if want[n]}
-            carried = {**carried, **restore}
-        import_param_states(trainer.optimizer, {n: p for n, p in named.items() if want[n]}, carried)
-        del carried
+        if carry:
+            returning = self.offloaded.take([n for n in named if want[n] and n in self.offloaded.ranges])
+            cost.from_host_bytes = returning.nbytes()
+            names = [n for n in named if n in staying.ranges or n in returning.ranges]
+            targets = optimizer_pieces(trainer.optimizer, {n: named[n] for n in names}, keys)
+            cost.sent_bytes = exchange_into(staying.merge(returning), targets, names, keys,
+                                            data_parallel_group(trainer.model_chunks[0]))
+            del staying, returning, targets
+        if old_optimizer is not trainer.optimizer:
+            free_storages(optimizer_tensors(old_optimizer), list(module.parameters()) + optimizer_tensors(trainer.optimizer))
+        del old_optimizer
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         self.active, self.interval = active, interval_index
         self.switches += 1
-        self.last_switch_s = time.perf_counter() - start
+        if carry:
+            cost.sent_bytes, cost.to_host_bytes, cost.from_host_bytes, self.offloaded_bytes_all_ranks = summed_over_ranks(
+                [cost.sent_bytes, cost.to_host_bytes, cost.from_host_bytes, self.offloaded.nbytes()])
+        cost.seconds = time.perf_counter() - start
+        self.last_switch = cost
 
     # -------------------------------------------------------------------------------- hooks
 
@@ -298,10 +285,6 @@ class LisaLayerSampling(Algorithm):
         # The checkpoint's optimizer holds the saved interval's layers: rebuild for exactly those.
         saved = self.interval
         self.switch(trainer, saved if saved >= 0 else trainer.step // self.cfg.interval, carry=False)
-        if self._loaded_offload is not None:
-            tp, pp = self._coordinates()
-            self.offloaded = self._loaded_offload.get(f"tp{tp}_pp{pp}", {})
-            self._loaded_offload = None
 
     def on_step_start(self, trainer, step: int, batch_lengths: list[int]) -> None:
         interval_index = step // self.cfg.interval
@@ -310,27 +293,16 @@ class LisaLayerSampling(Algorithm):
 
     def on_step_end(self, trainer, step: int, metrics: dict) -> None:
         metrics["lisa_active_layers"] = self.global_layers(trainer)
-        metrics["lisa_offload_host_bytes"] = sum(t.numel() * t.element_size()
-                                                 for entry in self.offloaded.values() for t in entry.values())
-        if self.last_switch_s is not None:
-            metrics["lisa_switch_s"] = self.last_switch_s
-            self.last_switch_s = None
+        metrics["lisa_offload_host_bytes"] = self.offloaded_bytes_all_ranks
+        if self.last_switch is not None:
+            metrics.update(self.last_switch.as_metrics())
+            self.last_switch = None
 
     # ------------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
-        tp, pp = self._coordinates()
-        stores = {f"tp{tp}_pp{pp}": self.offloaded}
-        if self.cfg.state == "offload" and dist.is_initialized():
-            from megatron.core import parallel_state as ps
-
-            if ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size() > 1:
-                gathered = [None] * dist.get_world_size()
-                dist.all_gather_object(gathered, stores)
-                stores = {k: v for part in gathered for k, v in part.items()}
         return {"interval": self.interval, "active": list(self.active), "switches": self.switches,
-                "layers": self.cfg.layers, "every": self.cfg.interval, "policy": self.cfg.state,
-                "offloaded": stores if self.cfg.state == "offload" else {}}
+                "layers": self.cfg.layers, "every": self.cfg.interval, "policy": self.cfg.state}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -343,5 +315,57 @@ class LisaLayerSampling(Algorithm):
                               f"resume with the same values (got {self.cfg.layers}, {self.cfg.interval})")
         self.interval = int(state["interval"])
         self.switches = int(state.get("switches", 0))
-        self._loaded_offload = state.get("offloaded", {}) if self.cfg.state == "offload" else None
 
+    def rank_state_dict(self) -> dict | None:
+        # every rank saves its own slices: gathering them would put every offloaded layer's full
+        # state in one host's memory
+        if self.cfg.state != "offload":
+            return None
+        from megatron.core import parallel_state as ps
+
+        return {"coordinates": self._coordinates(), "layout": (ps.get_tensor_model_parallel_world_size(),
+                                                      ps.get_pipeline_model_parallel_world_size()),
+                "ranges": dict(self.offloaded.ranges), "tensors": self.offloaded.tensors}
+
+    def load_rank_states(self, trainer, files: list) -> None:
+        """Take this rank's slices of the offloaded state from every saved rank's file of the same
+        tensor/pipeline coordinates, whatever the saved data-parallel size: a distributed optimizer's
+        rank takes its equal chunk of each parameter, a plain one the whole parameter."""
+        if self.cfg.state != "offload" or not files:
+            return
+        from megatron.core import parallel_state as ps
+
+        layout = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size())
+        ddp = trainer.model_chunks[0]
+        group = data_parallel_group(ddp)
+        size = dist.get_world_size(group) if group is not None else 1
+        rank = dist.get_rank(group) if group is not None else 0
+        distributed = ddp.ddp_config.use_distributed_optimizer and size > 1
+        named = dict(self._module(trainer).named_parameters())
+        pieces, filled = StatePieces(), {}
+        for path in files:
+            saved = torch.load(path, weights_only=False)
+            if tuple(saved["layout"]) != layout:
+                raise HetronError(f"{path}: LISA's offloaded optimizer state was saved at tensor x pipeline "
+                                  f"{saved['layout'][0]}x{saved['layout'][1]}; resume at that layout "
+                                  f"(not {layout[0]}x{layout[1]}) or with lisa.state=reset")
+            if tuple(saved["coordinates"]) != self._coordinates():
+                continue
+            for name, (lo, hi) in saved["ranges"].items():
+                numel = named[name].numel()
+                mine = equal_chunk(numel, rank, size) if distributed else (0, numel)
+                if name not in pieces.ranges:
+                    pieces.ranges[name], pieces.tensors[name], filled[name] = mine, {}, 0
+                part = overlap((lo, hi), mine)
+                for key, t in saved["tensors"][name].items():
+                    if key not in pieces.tensors[name]:
+                        pieces.tensors[name][key] = torch.empty(mine[1] - mine[0], dtype=t.dtype,
+                                                                pin_memory=torch.cuda.is_available())
+                    pieces.tensors[name][key][part[0] - mine[0]:part[1] - mine[0]] = t[part[0] - lo:part[1] - lo]
+                filled[name] += part[1] - part[0]
+        short = [n for n, (lo, hi) in pieces.ranges.items() if filled[n] != hi - lo]
+        if short:
+            raise HetronError(f"LISA's offloaded optimizer state in {files[0].parent} misses part of {short[0]} "
+                              f"(a rank's file is absent)")
+        self.offloaded = pieces
+        self.offloaded_bytes_all_ranks = summed_over_ranks([pieces.nbytes()])[0]

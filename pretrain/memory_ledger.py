@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pretrain.algorithm import Algorithm
+from pretrain.optimizer_shards import optimizer_tensors
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,6 @@ def _storages(tensors) -> dict[tuple, int]:
     return out
 
 
-def _optimizer_tensors(optimizer):
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", None)
-        if inner is None:
-            continue
-        for group in inner.param_groups:
-            yield from group["params"]  # fp32 master copies (bf16) or views of the parameters (fp32)
-        for state in inner.state.values():
-            yield from (v for v in state.values() if isinstance(v, torch.Tensor))
-
-
 def count_memory(model_chunks, optimizer) -> MemoryLedger:
     params = {}
     grads = {}
@@ -62,7 +52,7 @@ def count_memory(model_chunks, optimizer) -> MemoryLedger:
         for buffer in ddp_buffers + list(getattr(chunk, "expert_parallel_buffers", [])):
             grads.update(_storages([getattr(buffer, "grad_data", None)]))
             params.update(_storages([getattr(buffer, "param_data", None)]))
-    optim = {k: v for k, v in _storages(_optimizer_tensors(optimizer) if optimizer is not None else []).items()
+    optim = {k: v for k, v in _storages(optimizer_tensors(optimizer) if optimizer is not None else []).items()
              if k not in params and k not in grads}
     return MemoryLedger(sum(params.values()), sum(grads.values()), sum(optim.values()))
 

@@ -172,7 +172,8 @@ class Trainer:
                  "stages": self.stage_plan.describe() if self.stage_plan is not None else None,
                  "lr_schedule": self.schedule_record()}
         return ckpt.save_checkpoint(self.cfg.checkpoint_dir, self.step, self.model_chunks, self.optimizer, state,
-                                    self.components_state(), rng_state(), self.info.rank, self.cfg.checkpoint.keep)
+                                    self.components_state(), rng_state(), self.info.rank, self.cfg.checkpoint.keep,
+                                    rank_states={a.name: a.rank_state_dict() for a in self.algorithms})
 
     def initialize_from(self, path: Path) -> Path:
         """A new run from an earlier run's weights (and optimizer state unless init_optimizer=reset), at
@@ -251,6 +252,7 @@ class Trainer:
         self.loader.load_state_dict(components["loader"])
         for algo in self.algorithms:
             algo.load_state_dict(components["algorithms"].get(algo.name, {}))
+            algo.load_rank_states(self, ckpt.rank_state_files(path, algo.name))
             algo.before_checkpoint_load(self)
         rng = ckpt.load_model_and_optimizer(path, self.model_chunks, self.optimizer, self.info.rank)
         # RNG streams continue exactly only at the same world size; otherwise reseed deterministically.
