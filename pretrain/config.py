@@ -6,6 +6,7 @@ any of those is imported (tests/test_cli_startup.py)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 import types
 import typing
@@ -33,6 +34,9 @@ class RunConfig:
     progress: bool = True
     peak_tflops: float = 0.0  # one device's peak, for MFU; 0: a known GPU's dense bf16 peak (none on CPU)
     profile_steps: list[int] = field(default_factory=list)  # e.g. 10,11: torch.profiler traces in run.dir/profile/
+    wandb: bool = False  # Weights & Biases logging beside JSONL and TensorBoard (rank 0; files in run.dir/wandb/)
+    wandb_mode: str = "offline"  # offline (files only, `wandb sync` later) | online (needs `wandb login`)
+    wandb_project: str = "hetron"
 
 
 @dataclass
@@ -178,6 +182,7 @@ class ReweightConfig:
 
 
 LISA_STATE_POLICIES = ("reset", "offload")
+WANDB_MODES = ("offline", "online")
 
 
 @dataclass
@@ -445,6 +450,10 @@ def validate(cfg: Config) -> None:
     if any(step < 1 or step > cfg.train.steps for step in cfg.run.profile_steps):
         raise ConfigError(f"run.profile_steps={','.join(map(str, cfg.run.profile_steps))}: steps count from 1 to "
                           f"train.steps={cfg.train.steps}")
+    if cfg.run.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"run.wandb_mode={cfg.run.wandb_mode!r} is not one of {', '.join(WANDB_MODES)}")
+    if cfg.run.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("run.wandb=true needs the wandb package: pip install 'hetron[wandb]' (or set run.wandb=false)")
     if cfg.run.peak_tflops < 0:
         raise ConfigError(f"run.peak_tflops={cfg.run.peak_tflops} must be >= 0 (0: the known peak of the GPU, if any)")
     if cfg.train.eval_every < 0 or cfg.train.eval_batches < 0:

@@ -1,5 +1,5 @@
 """Metrics out of the trainer: metrics.jsonl (one JSON object per logged step), TensorBoard events,
-and a PNG of the loss curve. Only rank 0 writes."""
+optionally Weights & Biases, and a PNG of the loss curve. Only rank 0 writes."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,42 @@ import math
 from pathlib import Path
 
 
+WANDB_ID_FILE = "wandb/run_id"  # under run.dir: a resumed run continues the same W&B run
+
+
+def start_wandb(run_dir: Path, mode: str, project: str, config: dict):
+    """A W&B run whose files live in run_dir/wandb, with the id kept there so that every resume of
+    this run folder logs to the same W&B run."""
+    import os
+    import secrets
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    from pretrain.errors import HetronError
+
+    id_file = run_dir / WANDB_ID_FILE
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+    try:
+        run = wandb.init(project=project, dir=str(run_dir), mode=mode, id=run_id, resume="allow",
+                         name=run_dir.name, config=config)
+    except Exception as exc:  # wandb raises its own types for login, network and permission failures
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HetronError(f"run.wandb=true: wandb.init ({mode}) failed: {first}; "
+                          "run `wandb login`, or set run.wandb_mode=offline") from None
+    id_file.write_text(run_id + "\n")
+    return run
+
+
 class MetricsWriter:
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int = 0):
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int = 0, wandb_run=None):
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self._drop_after(resume_step)
         self._file = self.path.open("a")
         self._tb = None
+        self._wandb = wandb_run
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -30,20 +59,30 @@ class MetricsWriter:
     def log(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        step = record["step"]
+        scalars = {key: value for key, value in record.items()
+                   if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)}
         if self._tb is not None:
-            step = record["step"]
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
 
     def histogram(self, tag: str, values, step: int) -> None:
         if self._tb is not None:
             self._tb.add_histogram(tag, values, step)
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({tag: wandb.Histogram(values.detach().cpu().numpy() if hasattr(values, "detach") else values)},
+                            step=step)
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_metrics(path: Path) -> list[dict]:

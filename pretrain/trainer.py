@@ -31,7 +31,7 @@ from pretrain.architecture import Architecture, count_parameters
 from pretrain.config import Config
 from pretrain.distributed import RankInfo, rng_state, seed_everything, set_rng_state
 from pretrain.errors import HetronError
-from pretrain.metrics import MetricsWriter
+from pretrain.metrics import MetricsWriter, start_wandb
 from pretrain.model import build_gpt_model
 from pretrain.optimizer_state import apply_lr_and_weight_decay
 from pretrain.stages import StagePlan
@@ -463,7 +463,11 @@ class Trainer:
 
     def fit(self, progress=None) -> dict:
         cfg = self.cfg
-        writer = MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=self.step) if self.info.is_main else None
+        writer = None
+        if self.info.is_main:
+            wandb_run = (start_wandb(self.run_dir, cfg.run.wandb_mode, cfg.run.wandb_project, cfg.to_dict())
+                         if cfg.run.wandb else None)
+            writer = MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=self.step, wandb_run=wandb_run)
         self.metrics_writer = writer
         for algo in self.algorithms:
             algo.on_train_start(self)

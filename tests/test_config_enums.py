@@ -27,6 +27,7 @@ ENUMS = {
     "reweight.objective": (["tokens", "samples"], ["reweight.strategy=linupper"]),
     "reweight.scope": (["batch", "microbatch"], ["reweight.strategy=linupper"]),
     "lisa.state": (["reset", "offload"], ["lisa.layers=2"]),
+    "run.wandb_mode": (["offline", "online"], []),
     "schedule.decay_shape": (["linear", "cosine", "1-sqrt", "exponential", "megatron-exponential"],
                              ["schedule.kind=wsd", "schedule.cooldown_steps=20"]),
 }
