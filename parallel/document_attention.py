@@ -63,21 +63,23 @@ def block_causal_mask(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
 
 
 def document_causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, dropout_p: float = 0.0
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, dropout_p: float = 0.0,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
-    """q: (t, hq, d); k, v: (t, hk, d) with hq a multiple of hk. Returns (t, hq, d)."""
+    """q: (t, hq, d); k, v: (t, hk, d) with hq a multiple of hk (grouped-query attention: K and V are
+    not expanded; flash-attn and SDPA take the groups as they are). max_seqlen: the longest
+    document, known on the host (else read from cu_seqlens, a device sync). Returns (t, hq, d)."""
     total, hq, _ = q.shape
-    if k.shape[1] != hq:
-        k = k.repeat_interleave(hq // k.shape[1], dim=1)
-        v = v.repeat_interleave(hq // v.shape[1], dim=1)
+    gqa = k.shape[1] != hq
     if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         cu = cu_seqlens.to(torch.int32)
-        max_len = int((cu[1:] - cu[:-1]).max())
+        max_len = int(max_seqlen) if max_seqlen is not None else int((cu[1:] - cu[:-1]).max())
         return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, dropout_p=dropout_p, softmax_scale=scale, causal=True)
     if total <= DENSE_MASK_MAX_TOKENS:
         mask = block_causal_mask(cu_seqlens, total)
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, dropout_p=dropout_p, scale=scale
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, dropout_p=dropout_p, scale=scale,
+            enable_gqa=gqa,
         )
         return out.transpose(0, 1)
     pieces = []
@@ -87,7 +89,7 @@ def document_causal_attention(
             continue
         out = F.scaled_dot_product_attention(
             q[lo:hi].transpose(0, 1), k[lo:hi].transpose(0, 1), v[lo:hi].transpose(0, 1),
-            is_causal=True, dropout_p=dropout_p, scale=scale,
+            is_causal=True, dropout_p=dropout_p, scale=scale, enable_gqa=gqa,
         )
         pieces.append(out.transpose(0, 1))
     return torch.cat(pieces, dim=0)
@@ -131,15 +133,16 @@ class DocumentAttention(MegatronModule):
         if d > 1:  # Ulysses: this rank holds 1/d of the group's tokens
             group = packed_seq_params.sp_group
             query, key, value = (scatter_heads_gather_sequence(x, group, d) for x in (query, key, value))
-            out = gather_heads_scatter_sequence(self.attend(query, key, value, cu), group, d)
+            out = gather_heads_scatter_sequence(self.attend(query, key, value, cu, packed_seq_params.max_seqlen_q),
+                                                group, d)
         else:
-            out = self.attend(query, key, value, cu)
+            out = self.attend(query, key, value, cu, packed_seq_params.max_seqlen_q)
         return out.reshape(out.shape[0], -1)
 
-    def attend(self, query, key, value, cu_seqlens):
+    def attend(self, query, key, value, cu_seqlens, max_seqlen=None):
         if self.inv_freq is not None:
             positions = document_positions(cu_seqlens, query.shape[0])
             query = apply_rotary(query, positions, self.inv_freq)
             key = apply_rotary(key, positions, self.inv_freq)
         dropout = self.dropout_p if self.training else 0.0
-        return document_causal_attention(query, key, value, cu_seqlens, self.softmax_scale, dropout)
+        return document_causal_attention(query, key, value, cu_seqlens, self.softmax_scale, dropout, max_seqlen)
