@@ -63,6 +63,7 @@ def benchmarks(shards: str, out: Path) -> list[Benchmark]:
         Benchmark("hf_convert", "bench_hf_convert.py", ["--quick"]),
         Benchmark("forecast", "bench_forecast.py", ["--quick"], needs=[SHARED / "loss-curves" / "mpl-25M"]),
         Benchmark("cli_startup", "bench_cli_startup.py", ["--quick"]),
+        Benchmark("gpu", "gpu_bench.py", ["--quick"]),
     ]
 
 
