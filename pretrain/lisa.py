@@ -33,6 +33,7 @@ from pretrain.config import LisaConfig
 from pretrain.errors import HetronError
 from pretrain.optimizer_shards import (
     StatePieces,
+    comm_device,
     exchange_into,
     free_storages,
     optimizer_pieces,
@@ -169,8 +170,7 @@ class SwitchCost:
 def summed_over_ranks(values: list[int]) -> list[int]:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return list(values)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    total = torch.tensor(values, dtype=torch.int64, device=device)
+    total = torch.tensor(values, dtype=torch.int64, device=comm_device())
     dist.all_reduce(total)
     return [int(v) for v in total.tolist()]
 
@@ -323,47 +323,67 @@ class LisaLayerSampling(Algorithm):
             return None
         from megatron.core import parallel_state as ps
 
-        return {"coordinates": self._coordinates(), "layout": (ps.get_tensor_model_parallel_world_size(),
-                                                      ps.get_pipeline_model_parallel_world_size()),
+        return {"coordinates": self._coordinates(), "data_parallel": self._data_parallel_rank_and_size(),
+                "layout": (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()),
                 "ranges": dict(self.offloaded.ranges), "tensors": self.offloaded.tensors}
 
+    @staticmethod
+    def _data_parallel_rank_and_size() -> tuple[int, int]:
+        # the group megatron's DDP shards over (data_parallel_group above)
+        from megatron.core import parallel_state as ps
+
+        return (ps.get_data_parallel_rank(with_context_parallel=True),
+                ps.get_data_parallel_world_size(with_context_parallel=True))
+
+    @staticmethod
+    def _read_rank_state(path, layout: tuple[int, int]) -> dict:
+        saved = torch.load(path, weights_only=False)
+        if tuple(saved["layout"]) != layout:
+            raise HetronError(f"{path}: LISA's offloaded optimizer state was saved at tensor x pipeline "
+                              f"{saved['layout'][0]}x{saved['layout'][1]}; resume at that layout "
+                              f"(not {layout[0]}x{layout[1]}) or with lisa.state=reset")
+        return saved
+
     def load_rank_states(self, trainer, files: list) -> None:
-        """Take this rank's slices of the offloaded state from every saved rank's file of the same
-        tensor/pipeline coordinates, whatever the saved data-parallel size: a distributed optimizer's
-        rank takes its equal chunk of each parameter, a plain one the whole parameter."""
+        """This rank's slices of the offloaded state. At the saved layout, its own file holds them as
+        they are; otherwise they are taken from every saved rank's file of the same tensor/pipeline
+        coordinates, whatever the saved data-parallel size: a distributed optimizer's rank takes its
+        equal chunk of each parameter, a plain one the whole parameter."""
         if self.cfg.state != "offload" or not files:
             return
         from megatron.core import parallel_state as ps
 
         layout = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size())
         ddp = trainer.model_chunks[0]
-        group = data_parallel_group(ddp)
-        size = dist.get_world_size(group) if group is not None else 1
-        rank = dist.get_rank(group) if group is not None else 0
+        rank, size = self._data_parallel_rank_and_size()
+        own = next((p for p in files if p.name == f"rank_{dist.get_rank():05d}.pt"), None)
+        if own is not None:
+            saved = self._read_rank_state(own, layout)
+            if tuple(saved["coordinates"]) == self._coordinates() and tuple(saved.get("data_parallel", ())) == (rank, size):
+                self.offloaded = StatePieces(dict(saved["ranges"]), saved["tensors"])
+                self.offloaded_bytes_all_ranks = summed_over_ranks([self.offloaded.nbytes()])[0]
+                return
         distributed = ddp.ddp_config.use_distributed_optimizer and size > 1
         named = dict(self._module(trainer).named_parameters())
-        pieces, filled = StatePieces(), {}
+        pieces, covered = StatePieces(), {}
         for path in files:
-            saved = torch.load(path, weights_only=False)
-            if tuple(saved["layout"]) != layout:
-                raise HetronError(f"{path}: LISA's offloaded optimizer state was saved at tensor x pipeline "
-                                  f"{saved['layout'][0]}x{saved['layout'][1]}; resume at that layout "
-                                  f"(not {layout[0]}x{layout[1]}) or with lisa.state=reset")
+            saved = self._read_rank_state(path, layout)
             if tuple(saved["coordinates"]) != self._coordinates():
                 continue
             for name, (lo, hi) in saved["ranges"].items():
                 numel = named[name].numel()
                 mine = equal_chunk(numel, rank, size) if distributed else (0, numel)
                 if name not in pieces.ranges:
-                    pieces.ranges[name], pieces.tensors[name], filled[name] = mine, {}, 0
-                part = overlap((lo, hi), mine)
+                    pieces.ranges[name], pieces.tensors[name] = mine, {}
+                    covered[name] = torch.zeros(mine[1] - mine[0], dtype=torch.bool)
+                a, b = overlap((lo, hi), mine)
                 for key, t in saved["tensors"][name].items():
                     if key not in pieces.tensors[name]:
                         pieces.tensors[name][key] = torch.empty(mine[1] - mine[0], dtype=t.dtype,
                                                                 pin_memory=torch.cuda.is_available())
-                    pieces.tensors[name][key][part[0] - mine[0]:part[1] - mine[0]] = t[part[0] - lo:part[1] - lo]
-                filled[name] += part[1] - part[0]
-        short = [n for n, (lo, hi) in pieces.ranges.items() if filled[n] != hi - lo]
+                    pieces.tensors[name][key][a - mine[0]:b - mine[0]] = t[a - lo:b - lo]
+                covered[name][a - mine[0]:b - mine[0]] = True  # plain optimizers saved full copies: counted once
+        short = [n for n, mask in covered.items() if not bool(mask.all())]
         if short:
             raise HetronError(f"LISA's offloaded optimizer state in {files[0].parent} misses part of {short[0]} "
                               f"(a rank's file is absent)")

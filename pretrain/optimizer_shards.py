@@ -108,8 +108,9 @@ def _all_ranges(ranges: dict[str, Interval], group) -> list[dict[str, Interval]]
     return gathered
 
 
-def _comm_device(group) -> torch.device:
-    if group is not None and dist.get_backend(group) == "nccl":
+def comm_device(group=None) -> torch.device:
+    """Where a collective over `group` (None: the default group) takes its tensors."""
+    if dist.is_initialized() and dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -137,7 +138,7 @@ def exchange_into(sources: StatePieces, targets: StatePieces, names: Sequence[st
             target(seg, key).copy_(source(seg, key), non_blocking=True)
     if not plan.collective:
         return 0
-    device = _comm_device(group)
+    device = comm_device(group)
     width = len(keys)
     send_counts = [0 if d == me else width * sum(s.numel for s in segs) for d, segs in enumerate(plan.sends)]
     recv_counts = [0 if s == me else width * sum(seg.numel for seg in segs) for s, segs in enumerate(plan.recvs)]

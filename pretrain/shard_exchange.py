@@ -50,12 +50,12 @@ def _check_disjoint(held: Sequence[Mapping[str, Interval]], want: Sequence[Mappi
         for (_, hi), (lo, _) in itertools.pairwise(pieces):
             if lo < hi:
                 raise ValueError(f"optimizer state of {name} is held twice (ranges overlap at {lo}..{hi})")
-        covered = sum(hi - lo for lo, hi in pieces)
         for rank, w in enumerate(want):
             lo, hi = w.get(name, EMPTY)
-            if lo < hi and sum(overlap(p, (lo, hi))[1] - overlap(p, (lo, hi))[0] for p in pieces) != hi - lo:
-                raise ValueError(f"rank {rank} needs {name}[{lo}:{hi}] but the ranks hold only {covered} "
-                                 f"elements of it")
+            have = sum(max(0, min(p[1], hi) - max(p[0], lo)) for p in pieces)
+            if lo < hi and have != hi - lo:
+                raise ValueError(f"rank {rank} needs {name}[{lo}:{hi}] but the ranks hold only {have} of its "
+                                 f"{hi - lo} elements")
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,6 @@ def test_resume_continues_the_same_losses(full_run, shards, tmp_path):
         # The attention backward kernels (flash-attn, SDPA's memory-efficient one) accumulate with
         # atomics, so two runs of the same steps differ in the last bits, and bf16 compounds it.
         assert got == pytest.approx(want, rel=2e-2)
-        assert got[:half] == want[:half] or got[:half] == pytest.approx(want[:half], rel=2e-2)
     else:
         assert got == want
 

@@ -373,6 +373,11 @@ def test_resume_mid_interval_is_exact_with_offloaded_state(tmp_path, small_shard
     train("one-rank", 14, "launch.nproc=1")
     one = rows("one-rank")
     assert [one[s]["loss"] for s in range(8, 15)] == pytest.approx([full[s]["loss"] for s in range(8, 15)], rel=1e-5)
+    # a plain optimizer: every rank saved a full copy of the offloaded state; one rank takes it once
+    plain = ["parallel.distributed_optimizer=false"]
+    train("plain", 7, *plain)
+    train("plain", 14, *plain, "launch.nproc=1")
+    assert rows("plain")[14]["lisa_offload_host_bytes"] > 0
     # offloaded moments really come back: the same run with reset state differs once a layer returns
     train("reset", 14, "lisa.state=reset")
     reset = rows("reset")
