@@ -208,7 +208,7 @@ def main() -> int:
     while time.perf_counter() - t < (2.0 if args.quick else 5.0):
         batch = loader.next_batch()
         trainer.micro_batches(batch)
-        tokens += sum(len(s) - 1 for s in batch)
+        tokens += sum(batch.lengths)
     loader_rate = tokens / (time.perf_counter() - t)
 
     result = {

@@ -48,6 +48,7 @@ def benchmarks(shards: str, out: Path) -> list[Benchmark]:
         Benchmark("reweighting", "bench_reweighting.py", ["--quick", f"data.shards={shards}"]),
         Benchmark("lisa", "bench_lisa.py", ["--quick", "--shards", shards]),
         Benchmark("lisa_switch", "bench_lisa_switch.py", ["--quick", "--shards", shards]),
+        Benchmark("data_reads", "bench_data_reads.py", ["--quick", "--shards", shards]),
         Benchmark("peak_rss", "peak_rss.py", ["--quick", "--shards", shards]),
         Benchmark("reweighting_memory", "bench_reweighting_memory.py", ["--quick", "--shards", shards]),
         Benchmark("planner", "bench_planner.py", ["--quick"], needs=[SHARED / "seqlens" / "wikipedia.txt"]),

@@ -1,9 +1,10 @@
 """Global batches by token budget from mosaicml-streaming shards, with a resumable position.
 
-Every rank reads the same sample stream (StreamingDataset `replication` = world size) and takes the
-same global batch; each rank then packs its own share (data.packing). So the batch sequence does not
-depend on the number of ranks, resuming at another data-parallel size continues the same order, and
-the adaptive sequence-parallel planner sees the lengths of the whole batch on every rank.
+Every rank walks the same sample order (StreamingDataset `replication` = world size) and forms the
+same global batch from the samples' lengths (data.sample_store's length index), without reading a
+sample; each rank then packs its own share and reads only the samples in it. So the batch sequence
+does not depend on the number of ranks, resuming at another data-parallel size continues the same
+order, and the adaptive sequence-parallel planner sees the lengths of the whole batch on every rank.
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
+from data.sample_store import INDEX_KEY, GlobalBatch, SampleSource, id_only_dataset_class, load_length_index
 from pretrain.errors import HetronError
 
 
@@ -90,11 +90,25 @@ def _open_split(split_dir: Path, *, shuffle: bool, seed: int):
         raise HetronError(f"cannot open shards in {split_dir}: {exc}") from None
 
 
-def read_sample(sample: dict, where: str) -> np.ndarray:
-    tokens = sample.get("tokens")
-    if tokens is None or len(tokens) < 2:
-        raise HetronError(f"{where}: a sample without at least 2 tokens; the shards are corrupt")
-    return np.asarray(tokens, dtype=np.int64)
+def open_sample_ids(splits: list[str], proportions: list[float] | None, *, shuffle: bool, seed: int):
+    """The sample-id stream of one split or a mixture of splits (with these proportions)."""
+    from streaming import Stream
+
+    for split in splits:
+        check_shard_files(Path(split))
+    if proportions is not None and len(splits) > 1:
+        total = sum(proportions)
+        streams = [Stream(local=s, proportion=p / total) for s, p in zip(splits, proportions)]
+    else:
+        streams = [Stream(local=s) for s in splits]
+    world = _world_size()
+    with machine_wide_streaming_lock():
+        try:
+            return id_only_dataset_class()(
+                streams=streams, shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=1, batch_size=1,
+                replication=world if world > 1 else None)
+        except Exception as exc:  # streaming raises assorted errors on bad indexes
+            raise HetronError(f"cannot open the shards in {splits}: {exc}") from None
 
 
 class EpochReader:
@@ -137,43 +151,47 @@ class EpochReader:
 
 
 class GlobalBatchLoader:
-    """Yields lists of samples (token arrays) whose predictions add up to at most `token_budget`.
+    """Yields GlobalBatches whose predictions add up to at most `token_budget`, chosen by length.
 
-    A sample looked at but not taken into a batch is not consumed, so a resumed loader re-reads it.
+    A sample looked at but not taken into a batch is not consumed, so a resumed loader looks at it
+    again.
     """
 
     def __init__(self, split_dir: Path, token_budget: int, *, seed: int, shuffle: bool = True):
         self.split_dir = Path(split_dir)
         self.token_budget = token_budget
         self.seed = seed
-        self.stream = EpochReader(open_split(self.split_dir, shuffle=shuffle, seed=seed), seed, self.split_dir)
-        self._lookahead: np.ndarray | None = None
+        dataset = open_sample_ids([str(self.split_dir)], None, shuffle=shuffle, seed=seed)
+        self.source = SampleSource(dataset, load_length_index(self.split_dir), str(self.split_dir))
+        self.stream = EpochReader(dataset, seed, self.split_dir)
+        self._lookahead: int | None = None
 
-    def _next_sample(self) -> np.ndarray:
+    def _next_sample_id(self) -> int:
         if self._lookahead is not None:
-            sample, self._lookahead = self._lookahead, None
-            return sample
-        return read_sample(self.stream.next_item(), str(self.split_dir))
+            sample_id, self._lookahead = self._lookahead, None
+            return sample_id
+        return int(self.stream.next_item()[INDEX_KEY])
 
-    def next_batch(self, *, within_epoch: bool = False) -> list[np.ndarray]:
+    def next_batch(self, *, within_epoch: bool = False) -> GlobalBatch:
         """The next global batch; within_epoch: end it early (possibly empty) rather than take a
         sample of the next epoch."""
-        batch, tokens = [], 0
+        ids, tokens = [], 0
         epoch = self.stream.epoch
         while True:
-            sample = self._next_sample()
+            sample_id = self._next_sample_id()
             if within_epoch and self.stream.epoch != epoch:
-                self._lookahead = sample
-                return batch
-            n = len(sample) - 1
-            if batch and tokens + n > self.token_budget:
-                self._lookahead = sample
-                return batch
-            batch.append(sample)
+                self._lookahead = sample_id
+                break
+            n = self.source.length(sample_id)
+            if ids and tokens + n > self.token_budget:
+                self._lookahead = sample_id
+                break
+            ids.append(sample_id)
             tokens += n
             self.stream.sample_in_epoch += 1
             if tokens >= self.token_budget:
-                return batch
+                break
+        return GlobalBatch([(self.source, i) for i in ids])
 
     def state_dict(self) -> dict:
         return {"epoch": self.stream.epoch, "sample_in_epoch": self.stream.sample_in_epoch, "seed": self.seed,
@@ -184,12 +202,12 @@ class GlobalBatchLoader:
         self._lookahead = None
 
 
-def eval_batches(split_dir: Path, token_budget: int, count: int) -> list[list[np.ndarray]]:
+def eval_batches(split_dir: Path, token_budget: int, count: int) -> list[GlobalBatch]:
     """Up to `count` global batches of the held-out split in file order (the same every time),
     reading the split at most once: a split smaller than one budget gives one partial batch, never
     a batch with a sample twice, and never no batch (an empty split is an error)."""
     loader = GlobalBatchLoader(split_dir, token_budget, seed=0, shuffle=False)
-    out: list[list[np.ndarray]] = []
+    out: list[GlobalBatch] = []
     while len(out) < count and loader.stream.epoch == 0:
         batch = loader.next_batch(within_epoch=True)
         if batch:

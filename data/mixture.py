@@ -7,19 +7,16 @@ are known exactly when a later stage replays them, and are saved with the loader
 """
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data.loader import EpochReader, machine_wide_streaming_lock, open_split, read_sample
+from data.loader import EpochReader, open_sample_ids, open_split
+from data.sample_store import INDEX_KEY, GlobalBatch, SampleSource, load_length_index
 from data.seen_samples import ReplayPool, SeenSet, is_replay_slot, merge_seen
 from pretrain.errors import HetronError
 from pretrain.stages import StagePlan
-
-INDEX_KEY = "__sample_index__"
 
 
 @dataclass(frozen=True)
@@ -30,50 +27,34 @@ class StreamSource:
     proportion: float
 
 
-@functools.lru_cache(maxsize=None)
-def _indexed_dataset_class():
-    from streaming import StreamingDataset
-
-    class IndexedStreamingDataset(StreamingDataset):
-        """Yields each sample with its global index, so the loader can record what it consumed."""
-
-        def get_item(self, sample_id: int, retry: int = 7):
-            return {**super().get_item(sample_id, retry), INDEX_KEY: sample_id}
-
-    return IndexedStreamingDataset
-
-
 def open_mixture(sources: list[StreamSource], *, shuffle: bool, seed: int):
-    from streaming import Stream
+    """The sample-id stream of a mixture (data.loader.open_sample_ids)."""
+    return open_sample_ids([s.train for s in sources], [s.proportion for s in sources], shuffle=shuffle, seed=seed)
 
-    for source in sources:
-        if not (Path(source.train) / "index.json").is_file():
-            raise HetronError(f"shard index {Path(source.train) / 'index.json'} is missing; re-run `hetron prepare`")
-    total = sum(s.proportion for s in sources)
-    streams = [Stream(local=s.train, proportion=s.proportion / total) if len(sources) > 1 else Stream(local=s.train)
-               for s in sources]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    with machine_wide_streaming_lock():
-        try:
-            return _indexed_dataset_class()(
-                streams=streams, shuffle=shuffle, shuffle_seed=seed, num_canonical_nodes=1, batch_size=1,
-                replication=world if world > 1 else None)
-        except Exception as exc:  # streaming raises assorted errors on bad indexes
-            raise HetronError(f"cannot open the mixture {[s.train for s in sources]}: {exc}") from None
+
+def mixture_source(dataset, sources: list[StreamSource]) -> SampleSource:
+    """Lengths by the mixture's global sample id: each stream's length index at its offset."""
+    parts = [load_length_index(Path(s.train)) for s in sources]
+    offsets = [int(o) for o in dataset.sample_offset_per_stream]
+    if offsets != [int(x) for x in np.cumsum([0] + [p.size for p in parts[:-1]])]:
+        raise HetronError(f"the mixture {[s.train for s in sources]} numbers its samples unlike its length indexes; "
+                          "re-run `hetron prepare --force`")
+    return SampleSource(dataset, np.concatenate(parts), str(Path(sources[0].train).parent))
 
 
 class SplitReader:
     """Random access to samples of train split folders (for replay)."""
 
     def __init__(self):
-        self._open: dict[str, object] = {}
+        self._open: dict[str, SampleSource] = {}
 
-    def read(self, split: str, index: int) -> np.ndarray:
+    def source(self, split: str) -> SampleSource:
         if split not in self._open:
             if not Path(split).is_dir():
                 raise HetronError(f"replay source {split} is gone; replay needs the earlier stages' shards")
-            self._open[split] = open_split(Path(split), shuffle=False, seed=0)
-        return read_sample(self._open[split].get_item(index), split)
+            self._open[split] = SampleSource(open_split(Path(split), shuffle=False, seed=0),
+                                             load_length_index(Path(split)), split)
+        return self._open[split]
 
 
 class MixtureBatchLoader:
@@ -92,6 +73,7 @@ class MixtureBatchLoader:
         self.dataset = open_mixture(sources, shuffle=shuffle, seed=seed)
         self.stream = EpochReader(self.dataset, seed, Path(sources[0].train).parent)
         self.offsets = np.asarray(self.dataset.sample_offset_per_stream, dtype=np.int64)
+        self.source = mixture_source(self.dataset, sources)
         self.pool = pool if pool is not None and len(pool) else None
         self.replay_fraction = replay_fraction if self.pool is not None else 0.0
         self.reader = reader or SplitReader()
@@ -100,22 +82,22 @@ class MixtureBatchLoader:
         self.last_origins: list[tuple[str, tuple[str, int]]] = []  # of the last batch: ('new'|'replay', (split, index))
         self._lookahead = None
 
-    def _next_new(self) -> tuple[int, int, np.ndarray]:
-        item = self.stream.next_item()
-        index = int(item[INDEX_KEY])
-        stream = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return stream, index - int(self.offsets[stream]), read_sample(item, self.sources[stream].train)
+    def _next_new(self) -> tuple[int, int, int]:
+        """(stream, index in its split, global id) of the mixture's next sample."""
+        sample_id = int(self.stream.next_item()[INDEX_KEY])
+        stream = int(np.searchsorted(self.offsets, sample_id, side="right") - 1)
+        return stream, sample_id - int(self.offsets[stream]), sample_id
 
     def _next_slot(self):
-        """(kind, where, tokens) of the next sample, kind 'replay' or 'new'."""
+        """(kind, where, (source, id)) of the next sample, kind 'replay' or 'new'."""
         if self._lookahead is not None:
             slot, self._lookahead = self._lookahead, None
             return slot
         if is_replay_slot(self.taken, self.replay_fraction):
             split, index = self.pool.pick(self.replayed)
-            return "replay", (split, index), self.reader.read(split, index)
-        stream, index, tokens = self._next_new()
-        return "new", (stream, index), tokens
+            return "replay", (split, index), (self.reader.source(split), index)
+        stream, index, sample_id = self._next_new()
+        return "new", (stream, index), (self.source, sample_id)
 
     def _take(self, kind: str, where) -> None:
         self.taken += 1
@@ -125,22 +107,23 @@ class MixtureBatchLoader:
             self.stream.sample_in_epoch += 1
             self.consumed[where[0]].append(where[1])
 
-    def next_batch(self) -> list[np.ndarray]:
+    def next_batch(self) -> GlobalBatch:
         self.last_origins = []
-        batch, tokens = [], 0
+        refs, tokens = [], 0
         while True:
             slot = self._next_slot()
-            kind, where, sample = slot
-            n = len(sample) - 1
-            if batch and tokens + n > self.token_budget:
+            kind, where, ref = slot
+            n = ref[0].length(ref[1])
+            if refs and tokens + n > self.token_budget:
                 self._lookahead = slot
-                return batch
-            batch.append(sample)
+                break
+            refs.append(ref)
             self.last_origins.append((kind, where if kind == "replay" else (self.sources[where[0]].train, where[1])))
             self._take(kind, where)
             tokens += n
             if tokens >= self.token_budget:
-                return batch
+                break
+        return GlobalBatch(refs)
 
     def seen(self) -> SeenSet:
         return {s.train: np.asarray(c, dtype=np.int64) for s, c in zip(self.sources, self.consumed)}
@@ -221,7 +204,7 @@ class StagedBatchLoader:
     def current_sources(self) -> list[StreamSource]:
         return self.sources[self.stage_plan.locate(self.batches)[0].index]
 
-    def next_batch(self) -> list[np.ndarray]:
+    def next_batch(self) -> GlobalBatch:
         self._ensure_stage()
         batch = self.current.next_batch()
         self.batches += 1

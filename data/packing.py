@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from data.sample_store import sample_lengths
+
 
 def pack_into_bins(lengths: list[int], capacity: int) -> list[list[int]]:
     """First-fit decreasing: indices of `lengths` grouped into bins of at most `capacity` tokens.
@@ -115,8 +117,9 @@ def build_micro_batch(samples: list[np.ndarray], sample_ids: list[int], pad_id: 
 
 def micro_batches_for_rank(samples: list[np.ndarray], capacity: int, dp_rank: int, dp_size: int, pad_id: int,
                            pad_to_multiple: int = 8, fixed_shape: bool = False) -> list[MicroBatch]:
-    """This data-parallel rank's micro-batches of the global batch `samples`."""
-    lengths = [len(s) - 1 for s in samples]
+    """This data-parallel rank's micro-batches of the global batch `samples` (a GlobalBatch is
+    packed from its lengths and only this rank's samples are read)."""
+    lengths = sample_lengths(samples)
     bins = pack_into_bins(lengths, capacity)
     assignment = assign_bins_to_ranks([sum(lengths[i] for i in b) for b in bins], dp_size)
     out = []

@@ -28,6 +28,7 @@ from data.tokenizer import (
     tokenizer_fingerprint,
     train_bpe,
 )
+from data.sample_store import write_length_index
 from pretrain.errors import HetronError
 
 MANIFEST = "manifest.json"
@@ -161,6 +162,8 @@ def prepare_shards(
                     lengths[split].append(len(chunk) - 1)
         for w in writers.values():
             w.finish()
+        for split in SPLITS:
+            write_length_index(tmp / split, lengths[split])
         for split in SPLITS:
             if stats[split].samples == 0:
                 raise HetronError(

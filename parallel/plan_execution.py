@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from data.packing import MicroBatch, build_micro_batch
+from data.sample_store import sample_lengths
 from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
 from pretrain.errors import HetronError
 
@@ -99,7 +100,7 @@ class PlannedBatches:
     def _fetch(self):
         samples = self.loader.next_batch()
         state_after = self.loader.state_dict()
-        lengths = [len(s) - 1 for s in samples]
+        lengths = sample_lengths(samples)
         result: dict = {}
         thread = None
         if self.is_main:

@@ -16,6 +16,7 @@ from data.loader import GlobalBatchLoader, eval_batches
 from data.mixture import StagedBatchLoader, init_history, stage_eval_sets
 from data.packing import micro_batches_for_rank
 from data.prepare import Manifest
+from data.sample_store import sample_lengths
 from parallel.plan_execution import (
     PlannedBatches,
     align_groups,
@@ -97,6 +98,7 @@ class Trainer:
         self.metrics_writer: MetricsWriter | None = None
         self.sp_groups = None
         self.last_plan = None
+        self.last_batch = None
         self.last_step_s: float | None = None  # the planner's budget follows the last step's time
         self.last_sample_losses: torch.Tensor | None = None
         self.last_weights: torch.Tensor | None = None
@@ -350,7 +352,7 @@ class Trainer:
             capacity = self.cfg.train.micro_batch_tokens or self.arch.seq_length
             return micro_batches_for_rank(samples, capacity, self.info.dp_rank, self.info.dp_size,
                                           self.manifest.pad_id, fixed_shape=self.cfg.parallel.pipeline > 1)
-        lengths = [len(s) - 1 for s in samples]
+        lengths = sample_lengths(samples)
         plan = align_groups(plan or self._make_plan(lengths, solver="none"))
         plan.validate(lengths, self.sp_cost_model)
         return rank_micro_batches(plan, samples, self.info.dp_rank, self.manifest.pad_id)
@@ -398,7 +400,8 @@ class Trainer:
         samples = self.loader.next_batch()
         plan = getattr(self.loader, "plan", None)
         self.last_plan = plan
-        lengths = [len(s) - 1 for s in samples]
+        self.last_batch = samples
+        lengths = sample_lengths(samples)
         for algo in self.algorithms:
             algo.on_step_start(self, self.step, lengths)
         lr = self.lr_at(self.step)
@@ -459,6 +462,19 @@ class Trainer:
                              for key, splits in sets.items()}
         return self.eval_metrics["eval_loss"]
 
+    def read_metrics(self) -> dict:
+        """What the last step's batch cost in reads: the most any rank read (samples, stored tokens,
+        bytes; a collective) and the whole batch's samples and tokens, which every rank read before
+        data.sample_store."""
+        batch = self.last_batch
+        if not hasattr(batch, "read_bytes"):
+            return {}
+        most = torch.tensor([batch.read_samples, batch.read_tokens, batch.read_bytes], dtype=torch.float64)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return {"data_read_samples": int(most[0]), "data_read_tokens": int(most[1]), "data_read_bytes": int(most[2]),
+                "data_batch_samples": len(batch), "data_batch_tokens": batch.tokens}
+
     # ------------------------------------------------------------------------------------- loop
 
     def fit(self, progress=None) -> dict:
@@ -494,7 +510,10 @@ class Trainer:
                     if eval_loss is not None:
                         metrics["eval_loss"] = eval_loss
                         metrics.update(self.eval_metrics)
-                if writer and (result.step % cfg.run.log_every == 0 or at_end or "eval_loss" in metrics):
+                log_now = result.step % cfg.run.log_every == 0 or at_end or "eval_loss" in metrics
+                if log_now:  # the same on every rank
+                    metrics.update(self.read_metrics())
+                if writer and log_now:
                     writer.log(metrics)
                 if progress is not None:
                     progress(metrics)

@@ -57,6 +57,8 @@ def test_lisa_reweighting_adaptive_sp_and_stages_with_replay_resume_exactly(tmp_
     assert len({tuple(r["lisa_active_layers"]) for r in full}) >= 2 and full[-1]["lisa_offload_host_bytes"] > 0
     lr = [r["lr"] for r in full]
     assert lr[4] < lr[5]  # stage 2 re-warms
+    # no rank read the whole batch, replayed samples included: each read only its groups' documents
+    assert all(r["data_read_tokens"] < r["data_batch_tokens"] for r in full)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import yaml
 from conftest import TINY, error_lines, run_hetron
 
 from data.prepare import Manifest
+from data.sample_store import load_length_index, write_length_index
 from pretrain.architecture import padded_vocab_size, resolve_model, training_flops_per_token
 from pretrain.config import ParallelConfig, load_config
 
@@ -20,6 +21,10 @@ pytestmark = pytest.mark.slow
 def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {r["step"]: r["loss"] for r in rows}
+
+
+def last_row(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
 
 
 def train(run_dir: Path, shards: Path, *extra: str, expect_ok: bool = True):
@@ -37,6 +42,12 @@ def test_first_batch_loss_equal_at_1_rank_dp2_tp2(tmp_path, small_shards):
     one, dp2, tp2 = (losses(tmp_path / name) for name in ("one", "dp2", "tp2"))
     assert one[1] == pytest.approx(dp2[1], rel=1e-5, abs=1e-5)
     assert one[1] == pytest.approx(tp2[1], rel=1e-5, abs=1e-5)
+    # every data-parallel rank reads only its own samples of the batch; tensor-parallel ranks share theirs
+    reads = {name: last_row(tmp_path / name) for name in ("one", "dp2", "tp2")}
+    assert reads["one"]["data_read_samples"] == reads["one"]["data_batch_samples"] > 2
+    assert reads["tp2"]["data_read_tokens"] == reads["tp2"]["data_batch_tokens"]
+    assert reads["dp2"]["data_batch_tokens"] == reads["one"]["data_batch_tokens"]
+    assert reads["dp2"]["data_read_tokens"] <= 0.6 * reads["dp2"]["data_batch_tokens"]
 
 
 @pytest.mark.parametrize("precision", [
@@ -160,6 +171,11 @@ def test_corrupt_and_missing_shard(tmp_path, small_shards):
     run = tmp_path / "run"
     train(run, shards, "train.steps=2", "launch.nproc=1", "checkpoint.every=2")
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    index = load_length_index(shards / "train")
+    write_length_index(shards / "train", index[:-2])  # shards changed after prepare
+    line = one_error_line(train(run, shards, "train.steps=4", "launch.nproc=1", expect_ok=False))
+    assert "length index" in line and "stale" in line and str(shards / "train") in line
+    write_length_index(shards / "train", index)
     shard = sorted((shards / "train").glob("shard.*.mds"))[0]
     shard.write_bytes(b"garbage" * 10)
     line = one_error_line(train(run, shards, "train.steps=4", "launch.nproc=1", expect_ok=False))
