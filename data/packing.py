@@ -68,6 +68,7 @@ class MicroBatch:
     sp_start: int = 0
     sp_size: int = 1
     max_seqlen: int = 0  # longest segment of cu_seqlens, known on the host (no device sync per layer)
+    cu_seqlens_host: tuple[int, ...] = ()  # cu_seqlens as Python ints, for the same reason
 
     @property
     def num_tokens(self) -> int:
@@ -85,7 +86,7 @@ class MicroBatch:
         lo, hi = rank_in_group * t, (rank_in_group + 1) * t
         return MicroBatch(self.tokens[:, lo:hi], self.labels[:, lo:hi], self.loss_mask[:, lo:hi],
                           self.positions[:, lo:hi], self.cu_seqlens, self.sample_ids, lo, group_start, group_size,
-                          self.max_seqlen)
+                          self.max_seqlen, self.cu_seqlens_host)
 
 
 def build_micro_batch(samples: list[np.ndarray], sample_ids: list[int], pad_id: int, pad_to_multiple: int,
@@ -111,7 +112,7 @@ def build_micro_batch(samples: list[np.ndarray], sample_ids: list[int], pad_id: 
     return MicroBatch(
         tokens=cat(inputs), labels=cat(labels), loss_mask=torch.from_numpy(mask)[None], positions=cat(positions),
         cu_seqlens=torch.tensor(bounds, dtype=torch.int32), sample_ids=list(sample_ids),
-        max_seqlen=max(b - a for a, b in zip(bounds[:-1], bounds[1:])),
+        max_seqlen=max(b - a for a, b in zip(bounds[:-1], bounds[1:])), cu_seqlens_host=tuple(bounds),
     )
 
 

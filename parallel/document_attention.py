@@ -39,7 +39,7 @@ def rotary_inverse_frequencies(head_dim: int, base: float, device=None) -> torch
 def document_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Position of every packed token inside its own document."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths)
+    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths, output_size=total)  # sized: no device sync
     return torch.arange(total, device=cu_seqlens.device) - starts
 
 
@@ -56,7 +56,8 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tenso
 def block_causal_mask(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Boolean (t, t) mask: True where query i may attend key j (same document, j <= i)."""
     doc = torch.repeat_interleave(
-        torch.arange(len(cu_seqlens) - 1, device=cu_seqlens.device), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        torch.arange(len(cu_seqlens) - 1, device=cu_seqlens.device), (cu_seqlens[1:] - cu_seqlens[:-1]).long(),
+        output_size=total,
     )
     idx = torch.arange(total, device=cu_seqlens.device)
     return (doc[:, None] == doc[None, :]) & (idx[None, :] <= idx[:, None])
@@ -64,11 +65,12 @@ def block_causal_mask(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
 
 def document_causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, dropout_p: float = 0.0,
-    max_seqlen: int | None = None,
+    max_seqlen: int | None = None, bounds: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """q: (t, hq, d); k, v: (t, hk, d) with hq a multiple of hk (grouped-query attention: K and V are
-    not expanded; flash-attn and SDPA take the groups as they are). max_seqlen: the longest
-    document, known on the host (else read from cu_seqlens, a device sync). Returns (t, hq, d)."""
+    not expanded; flash-attn and SDPA take the groups as they are). max_seqlen and bounds: the
+    longest document and cu_seqlens known on the host (else read from cu_seqlens, a device sync).
+    Returns (t, hq, d)."""
     total, hq, _ = q.shape
     gqa = k.shape[1] != hq
     if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
@@ -83,7 +85,7 @@ def document_causal_attention(
         )
         return out.transpose(0, 1)
     pieces = []
-    bounds = cu_seqlens.tolist()
+    bounds = list(bounds) if bounds is not None else cu_seqlens.tolist()
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         if hi == lo:
             continue
@@ -133,16 +135,16 @@ class DocumentAttention(MegatronModule):
         if d > 1:  # Ulysses: this rank holds 1/d of the group's tokens
             group = packed_seq_params.sp_group
             query, key, value = (scatter_heads_gather_sequence(x, group, d) for x in (query, key, value))
-            out = gather_heads_scatter_sequence(self.attend(query, key, value, cu, packed_seq_params.max_seqlen_q),
-                                                group, d)
+            out = gather_heads_scatter_sequence(self.attend(query, key, value, cu, packed_seq_params), group, d)
         else:
-            out = self.attend(query, key, value, cu, packed_seq_params.max_seqlen_q)
+            out = self.attend(query, key, value, cu, packed_seq_params)
         return out.reshape(out.shape[0], -1)
 
-    def attend(self, query, key, value, cu_seqlens, max_seqlen=None):
+    def attend(self, query, key, value, cu_seqlens, packed_seq_params):
         if self.inv_freq is not None:
             positions = document_positions(cu_seqlens, query.shape[0])
             query = apply_rotary(query, positions, self.inv_freq)
             key = apply_rotary(key, positions, self.inv_freq)
         dropout = self.dropout_p if self.training else 0.0
-        return document_causal_attention(query, key, value, cu_seqlens, self.softmax_scale, dropout, max_seqlen)
+        return document_causal_attention(query, key, value, cu_seqlens, self.softmax_scale, dropout,
+                                         packed_seq_params.max_seqlen_q, getattr(packed_seq_params, "cu_seqlens_host", None))

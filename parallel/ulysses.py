@@ -21,10 +21,13 @@ from megatron.core.packed_seq_params import PackedSeqParams
 
 
 @dataclass
-class SequenceParallelPackedParams(PackedSeqParams):
-    """PackedSeqParams for a micro-batch run by a sequence-parallel group: cu_seqlens_q are the
-    document boundaries of the group's whole packed sequence, not of this rank's shard."""
+class DocumentPackedParams(PackedSeqParams):
+    """PackedSeqParams plus what parallel.document_attention reads: the document boundaries on the
+    host too (no device read inside a layer), and the sequence-parallel group that runs the
+    micro-batch, if any; then cu_seqlens_q are the boundaries of the group's whole packed sequence,
+    not of this rank's shard."""
 
+    cu_seqlens_host: tuple[int, ...] | None = None
     sp_group: object = None
     sp_size: int = 1
 

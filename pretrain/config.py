@@ -58,6 +58,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     dropout: float = 0.0
     spec: str = "auto"  # auto (TE when importable on GPU) | local | te
+    attention: str = "auto"  # auto (te where it can run, else document) | document | te
     # Set from the Hugging Face config.json by init_from=hf:DIR (pretrain/hf); megatron's defaults otherwise.
     vocab_size: int | None = None  # embedding rows before padding; None: the tokenizer's vocabulary
     norm_epsilon: float = 1e-5
@@ -480,6 +481,7 @@ def validate(cfg: Config) -> None:
     from parallel.rope_scaling import check_rope_scaling
 
     check_rope_scaling(cfg.model.rope_scaling)
+    validate_attention(cfg)
     from pretrain.architecture import resolve_model  # validates the architecture against the data settings
 
     arch = resolve_model(cfg.model, cfg.parallel)
@@ -492,6 +494,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.micro_batch_tokens applies to sp.mode=off; with sp.mode={cfg.sp.mode} a rank's "
                           "micro-batch capacity is sp.tokens_per_rank")
     validate_sequence_parallel(cfg, arch)
+
+
+def validate_attention(cfg: Config) -> None:
+    if cfg.model.spec not in ("auto", "local", "te"):
+        raise ConfigError(f"model.spec={cfg.model.spec!r} is not one of auto, local, te")
+    if cfg.model.attention not in ("auto", "document", "te"):
+        raise ConfigError(f"model.attention={cfg.model.attention!r} is not one of auto, document, te")
+    if cfg.model.attention == "te":
+        if cfg.model.spec == "local":
+            raise ConfigError("model.attention=te needs Transformer Engine layers: set model.spec=te (or auto)")
+        if cfg.sp.mode != "off":
+            raise ConfigError(f"model.attention=te runs without hetron's sequence parallelism; with sp.mode={cfg.sp.mode} "
+                              "use model.attention=document (or auto)")
+        if cfg.model.rope_scaling:
+            raise ConfigError("model.attention=te takes megatron's RoPE, which has no Hugging Face rope_scaling; "
+                              "use model.attention=document (or auto)")
+        if importlib.util.find_spec("transformer_engine") is None:
+            raise ConfigError("model.attention=te needs Transformer Engine, which is not installed here; "
+                              "use model.attention=document (or auto)")
 
 
 def validate_recompute(train: TrainConfig, layers_per_stage: int) -> None:

@@ -6,21 +6,42 @@ import copy
 import torch
 
 from pretrain.architecture import Architecture, padded_vocab_size
+from pretrain.errors import HetronError
 
 
-def transformer_layer_spec(arch: Architecture, which: str):
-    """megatron-core's layer spec (local, or Transformer Engine when importable) with our core attention."""
+def uses_te_layers(which: str) -> bool:
+    return which == "te" or (which == "auto" and torch.cuda.is_available() and _te_importable())
+
+
+def uses_te_attention(cfg) -> bool:
+    """megatron's TE core attention with its fused RoPE (thd, packed documents) instead of hetron's
+    document attention: only without hetron's sequence parallelism (whose all-to-alls live in the
+    document attention) and without Hugging Face rope_scaling (megatron's RoPE has none)."""
+    if cfg.model.attention == "document":
+        return False
+    eligible = uses_te_layers(cfg.model.spec) and cfg.sp.mode == "off" and not cfg.model.rope_scaling
+    if cfg.model.attention == "te":
+        if not (uses_te_layers(cfg.model.spec) and _te_importable()):
+            raise HetronError("model.attention=te needs Transformer Engine, which is not importable here; "
+                              "use model.attention=document (or auto)")
+        return eligible
+    return eligible and torch.cuda.is_available()
+
+
+def transformer_layer_spec(arch: Architecture, which: str, *, te_attention: bool = False):
+    """megatron-core's layer spec (local, or Transformer Engine when importable) with hetron's
+    document attention as core attention, or TE's own (te_attention)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     from parallel.document_attention import DocumentAttention
 
-    use_te = which == "te" or (which == "auto" and torch.cuda.is_available() and _te_importable())
-    if use_te:
+    if uses_te_layers(which):
         spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization=arch.normalization)
     spec = copy.deepcopy(spec)
-    spec.submodules.self_attention.submodules.core_attention = DocumentAttention
+    if not te_attention:
+        spec.submodules.self_attention.submodules.core_attention = DocumentAttention
     return spec
 
 
@@ -90,16 +111,22 @@ def build_gpt_model(cfg, arch: Architecture, vocab_size: int, *, bf16: bool, pre
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     tc = transformer_config(arch, cfg, bf16=bf16)
+    te_attention = uses_te_attention(cfg)
+    rope = arch.position_embedding == "rope"
+    if te_attention and rope:  # megatron applies RoPE, per document with TE's fused thd kernel (no host sync)
+        tc.apply_rope_fusion = True
+        tc.hetron_rotary_base = None
     model = GPTModel(
         config=tc,
-        transformer_layer_spec=transformer_layer_spec(arch, cfg.model.spec),
+        transformer_layer_spec=transformer_layer_spec(arch, cfg.model.spec, te_attention=te_attention),
         # model.vocab_size (an imported model's embedding rows) may exceed the tokenizer's vocabulary.
         vocab_size=padded_vocab_size(cfg.model.vocab_size or vocab_size, cfg.parallel.tensor),
         max_sequence_length=arch.seq_length,
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=cfg.model.tie_embeddings,
-        position_embedding_type="learned_absolute" if arch.position_embedding == "learned" else "none",
+        position_embedding_type="learned_absolute" if not rope else "rope" if te_attention else "none",
+        rotary_base=cfg.model.rotary_base if te_attention and rope else 10000,
     )
     if cfg.model.vocab_size is not None and post_process:
         from pretrain.vocab_padding import mask_padded_logits

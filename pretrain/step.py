@@ -20,7 +20,7 @@ import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from data.packing import MicroBatch
-from parallel.ulysses import SequenceParallelPackedParams
+from parallel.ulysses import DocumentPackedParams
 
 
 @dataclass
@@ -68,12 +68,10 @@ def per_document_sums(values: torch.Tensor, mb: MicroBatch, doc: torch.Tensor | 
 def packed_params(mb: MicroBatch, device: torch.device, sp_groups=None) -> PackedSeqParams:
     cu = mb.cu_seqlens.to(device)
     max_len = mb.max_seqlen
-    if mb.sp_size > 1:
-        return SequenceParallelPackedParams(
-            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len,
-            sp_group=sp_groups.group(mb.sp_start, mb.sp_size), sp_size=mb.sp_size)
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len,
-                           max_seqlen_kv=max_len)
+    group = sp_groups.group(mb.sp_start, mb.sp_size) if mb.sp_size > 1 else None
+    return DocumentPackedParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len,
+                                max_seqlen_kv=max_len, cu_seqlens_host=mb.cu_seqlens_host or None,
+                                sp_group=group, sp_size=mb.sp_size)
 
 
 def token_scale(mb: MicroBatch, sample_coefficients: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:

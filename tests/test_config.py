@@ -36,11 +36,25 @@ def test_yaml_file_then_overrides(tmp_path):
     ("run.profile_steps=0", "run.profile_steps=0: steps count from 1 to train.steps=150"),
     ("run.profile_steps=3,x", "run.profile_steps[1]='x' must be an integer"),
     ("train.recompute_granularity=some", "train.recompute_granularity='some' is not one of none, full, selective"),
+    ("model.spec=fast", "model.spec='fast' is not one of auto, local, te"),
+    ("model.attention=flash", "model.attention='flash' is not one of auto, document, te"),
+    ("model.attention=te", "model.attention=te needs Transformer Engine, which is not installed here"),
 ])
 def test_errors_name_the_key(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.spec=local"], "model.attention=te needs Transformer Engine layers: set model.spec=te"),
+    (["sp.mode=adaptive"], "model.attention=te runs without hetron's sequence parallelism"),
+    (["model.rope_scaling={rope_type: llama3, factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, "
+      "original_max_position_embeddings: 8192}"], "has no Hugging Face rope_scaling"),
+])
+def test_te_attention_needs_what_it_runs_with(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.attention=te", *overrides])
 
 
 def test_invalid_yaml_is_named(tmp_path):

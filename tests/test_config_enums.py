@@ -16,6 +16,7 @@ ENUMS = {
     "model.activation": (["swiglu", "gelu"], []),
     "model.position_embedding": (["rope", "learned"], []),
     "model.spec": (["auto", "local", "te"], []),
+    "model.attention": (["auto", "document"], []),  # te: only where Transformer Engine is installed
     "train.precision": (["auto", "bf16", "fp32"], []),
     "train.recompute_granularity": (["none", "full", "selective"], []),
     "train.recompute_method": (["uniform", "block"], ["train.recompute_granularity=full"]),

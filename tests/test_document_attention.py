@@ -56,3 +56,27 @@ def test_no_attention_across_documents():
 def test_positions_restart_in_every_document():
     cu = torch.tensor([0, 3, 4, 8], dtype=torch.int32)
     assert da.document_positions(cu, 8).tolist() == [0, 1, 2, 0, 0, 1, 2, 3]
+
+
+def test_megatron_rope_on_packed_documents_equals_hetrons(monkeypatch):
+    """model.attention=te hands RoPE to megatron (GPTModel's RotaryEmbedding, applied per document of
+    the thd pack; on a GPU TE's fused kernel does this in one kernel): the rotation hetron's document
+    attention applies itself, positions restarting in every document, at a non-default base."""
+    from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    lengths, heads, dim, base = [5, 130, 1, 64, 17], 4, 32, 500000.0
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    x = torch.randn(cu[-1].item(), heads, dim, generator=torch.Generator().manual_seed(1))
+    config = TransformerConfig(num_layers=1, hidden_size=heads * dim, num_attention_heads=heads,
+                               apply_rope_fusion=False, use_cpu_initialization=True)
+    # RotaryEmbedding.forward moves itself to CUDA; its frequencies laid out as forward lays them out
+    rope = RotaryEmbedding(kv_channels=dim, rotary_percent=1.0, rotary_base=base, use_cpu_initialization=True)
+    angles = torch.outer(torch.arange(max(lengths), dtype=torch.float32), rope.inv_freq)
+    freqs = torch.cat((angles, angles), dim=-1)[:, None, None, :]
+    # a real one-rank gloo group as the context-parallel group, without a default group
+    one_rank = torch.distributed.ProcessGroupGloo(torch.distributed.HashStore(), 0, 1)
+    theirs = apply_rotary_pos_emb(x, freqs, config, cu_seqlens=cu, cp_group=one_rank)
+    ours = da.apply_rotary(x, da.document_positions(cu, x.shape[0]), da.rotary_inverse_frequencies(dim, base))
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)

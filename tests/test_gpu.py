@@ -103,6 +103,36 @@ def test_document_attention_matches_a_per_document_reference_on_the_device():
     assert (got - want).abs().max().item() <= tolerance
 
 
+def test_document_attention_makes_no_host_sync_on_the_device(monkeypatch):
+    """RoPE positions, the mask and both SDPA paths (and flash-attn when importable) with the host's
+    boundaries: CUDA's sync debug mode raises on any device-to-host sync."""
+    from parallel import document_attention as da
+
+    device = torch.device("cuda" if ON_GPU else "cpu")
+    dtype = torch.bfloat16 if ON_GPU else torch.float32
+    lengths = [5, 700, 64, 1024] if ON_GPU else [5, 70, 64]
+    bounds = tuple([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    total, heads, dim = bounds[-1], 8, 64
+    cu = torch.tensor(bounds, dtype=torch.int32).to(device)
+    q, k, v = (torch.randn(total, heads, dim).to(device, dtype) for _ in range(3))
+    inv_freq = da.rotary_inverse_frequencies(dim, 10000.0, device=device)
+    outs = []
+    for mask_limit in (da.DENSE_MASK_MAX_TOKENS, 0):
+        monkeypatch.setattr(da, "DENSE_MASK_MAX_TOKENS", mask_limit)
+        if ON_GPU:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            positions = da.document_positions(cu, total)
+            outs.append(da.document_causal_attention(da.apply_rotary(q, positions, inv_freq),
+                                                     da.apply_rotary(k, positions, inv_freq), v, cu, dim ** -0.5,
+                                                     max_seqlen=max(lengths), bounds=bounds))
+        finally:
+            if ON_GPU:
+                torch.cuda.set_sync_debug_mode(0)
+    assert (outs[0].float() - outs[1].float()).abs().max().item() <= (3e-2 if ON_GPU else 1e-5)
+
+
 def test_lisa_ledger_agrees_with_the_cuda_allocator(full_run, shards, tmp_path):
     _, full = full_run
     lisa = train(tmp_path / "lisa", shards, "train.steps=3", "lisa.layers=2", "lisa.interval=1000")
@@ -126,3 +156,15 @@ def test_two_pass_reweighting_peak_memory_is_flat_in_the_micro_batch_count(shard
         peaks[count] = rows[-1].get("mem_cuda_max_allocated_bytes")
     if ON_GPU:
         assert peaks[8] <= peaks[2] * 1.10, peaks
+
+
+def test_te_attention_trains_like_the_document_attention(shards, tmp_path):
+    """model.attention=te (megatron's TE core attention, fused RoPE on the thd pack) against
+    hetron's document attention: the same first losses within bf16 noise."""
+    pytest.importorskip("transformer_engine")
+    if not ON_GPU:
+        pytest.skip("Transformer Engine's attention runs on CUDA only")
+    te = train(tmp_path / "te", shards, "train.steps=3", "model.attention=te", "model.spec=te")
+    ours = train(tmp_path / "document", shards, "train.steps=3", "model.attention=document", "model.spec=te")
+    for a, b in zip(te, ours):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)

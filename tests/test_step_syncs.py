@@ -37,6 +37,7 @@ class SyncCounter(TorchFunctionMode):
 
 
 def sync_harness(out: Path, overrides: list[str]) -> int:
+    from parallel import document_attention
     from pretrain.algorithms import build_algorithms
     from pretrain.bootstrap import load_prepared
     from pretrain.config import load_config
@@ -52,13 +53,16 @@ def sync_harness(out: Path, overrides: list[str]) -> int:
         trainer.build()
         micro_batches = trainer.micro_batches(trainer.loader.next_batch())
         counts = {}
-        for n in (2, 6):
-            assert len(micro_batches) >= n, len(micro_batches)
-            for chunk in trainer.model_chunks:
-                chunk.zero_grad_buffer()
-            with SyncCounter() as counter:
-                trainer.run_micro_batches(micro_batches[:n], forward_only=False, record=SampleLosses())
-            counts[n] = dict(counter.calls)
+        # the block-diagonal mask, then one SDPA call per document (what packs longer than the mask limit take)
+        for mask_limit in (document_attention.DENSE_MASK_MAX_TOKENS, 0):
+            document_attention.DENSE_MASK_MAX_TOKENS = mask_limit
+            for n in (2, 6):
+                assert len(micro_batches) >= n, len(micro_batches)
+                for chunk in trainer.model_chunks:
+                    chunk.zero_grad_buffer()
+                with SyncCounter() as counter:
+                    trainer.run_micro_batches(micro_batches[:n], forward_only=False, record=SampleLosses())
+                counts[mask_limit, n] = dict(counter.calls)
         torch.save(counts, out)
     finally:
         shutdown()
@@ -77,10 +81,12 @@ def test_no_host_syncs_in_layers_or_loss_and_none_per_micro_batch(tmp_path, smal
                        1, tmp_path / "logs")
     assert code == 0, [p.read_text()[-3000:] for p in (tmp_path / "logs").glob("*")]
     counts = torch.load(out)
-    for where in counts[6]:
-        assert not where.startswith(("parallel/document_attention.py", "parallel/ulysses.py")), where
-        assert "loss_func" not in where and "forward_step" not in where, where
-    assert counts[2] == counts[6]
+    assert len(counts) == 4
+    for mask_limit in {limit for limit, _ in counts}:
+        for where in counts[mask_limit, 6]:
+            assert not where.startswith(("parallel/document_attention.py", "parallel/ulysses.py")), where
+            assert "loss_func" not in where and "forward_step" not in where, where
+        assert counts[mask_limit, 2] == counts[mask_limit, 6]
 
 
 if __name__ == "__main__":
