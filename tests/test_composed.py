@@ -1,6 +1,6 @@
 """The five capabilities in one job, as a long-context continual-pretraining run would combine them:
 LISA (slices moved at every switch, offloaded state) + loss-based reweighting + adaptive sequence
-parallelism (documents up to 1024 tokens at 300 tokens per rank) + two stages with re-warming and
+parallelism (documents up to 1024 tokens at 600 tokens per rank) + two stages with re-warming and
 replay, on 4 gloo ranks, interrupted inside a LISA interval and inside stage 2 and resumed; and LISA +
 reweighting under pipeline parallelism (PP2 x DP2). Every resumed run equals the uninterrupted one."""
 from __future__ import annotations
@@ -50,14 +50,16 @@ def interrupted_equals_uninterrupted(tmp_path: Path, stop: int, *args: str) -> t
 def test_lisa_reweighting_adaptive_sp_and_stages_with_replay_resume_exactly(tmp_path, long_shards):
     full, _ = interrupted_equals_uninterrupted(
         tmp_path, 5, f"data.shards={long_shards}", "model.seq_length=1024", "data.global_batch_tokens=6000",
-        "sp.mode=adaptive", "sp.tokens_per_rank=300", *LISA_AND_REWEIGHT, STAGES, "replay.fraction=0.25")
+        "sp.mode=adaptive", "sp.tokens_per_rank=600", *LISA_AND_REWEIGHT, STAGES, "replay.fraction=0.25")
     # every capability really acted in this run
     assert max(r["sp_max_group"] for r in full) >= 2  # documents longer than a rank's shard
     assert all("weight_max" in r for r in full[1:]) and "weight_max" not in full[0]  # burn-in, then weighted
     assert len({tuple(r["lisa_active_layers"]) for r in full}) >= 2 and full[-1]["lisa_offload_host_bytes"] > 0
     lr = [r["lr"] for r in full]
     assert lr[4] < lr[5]  # stage 2 re-warms
-    # no rank read the whole batch, replayed samples included: each read only its groups' documents
+    # no rank read the whole batch, replayed samples included: each read only its groups' documents.
+    # (At 600 tokens per rank a micro-batch holds two long documents, on two groups of 2; at 300 every
+    # long document needed all 4 ranks, and every rank rightly read everything.)
     assert all(r["data_read_tokens"] < r["data_batch_tokens"] for r in full)
 
 
