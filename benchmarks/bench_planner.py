@@ -18,7 +18,7 @@ import numpy as np
 from parallel import native
 from parallel.cost_model import CostModel
 from parallel.planner import build_problem, kernels_py, milp, plan_step, repack_milp, solvers
-from parallel.planner.batch_bound import build_batch_lp
+from parallel.planner.batch_bound import build_batch_lp, integral_sequences
 from parallel.planner.fast_path import fast_plan
 
 DEFAULT_LENGTHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seqlens" / "wikipedia.txt"
@@ -79,9 +79,11 @@ def measure_model_building(kept, n, cm, repeats):
     members = np.asarray(biggest.members)
     work = problem.lower_bound_ms() - problem.beta * problem.min_micro_batches()
     m = problem.min_micro_batches()
+    whole = integral_sequences(problem, greedy.total_ms)
     cases = {
         "FlexSP MILP, 16 buckets (largest micro-batch)": lambda: milp.build_micro_batch_model(problem, members, cm).model,
-        f"batch LP bound ({m} micro-batches)": lambda: build_batch_lp(problem, m, work, greedy.total_ms),
+        f"batch bound ({m} micro-batches, {whole.size} whole)": lambda: build_batch_lp(problem, m, work, greedy.total_ms,
+                                                                                      whole).model,
         "re-pack MILP (largest micro-batch)": lambda: repack_milp.build_repack_model(
             problem, biggest, repack_milp.neighbourhood(repack_milp.group_times(problem, biggest)))[0],
     }

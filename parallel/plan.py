@@ -37,7 +37,7 @@ class SequenceParallelPlan:
     solver_status: str
     dropped: tuple[int, ...] = ()  # indices left out with drop_oversized=True
     bound_ms: float = 0.0  # the planner's lower bound on any plan of this batch (0: none computed)
-    method: str = ""  # whose plan this is: greedy, split-search or milp ("" for other policies)
+    method: str = ""  # whose plan this is: greedy, lp-rounding, split-search or milp ("" for other policies)
     late: bool = False  # the solver had not finished when the budget ended (its unfinished part unused)
     milp_ran: int = 0  # micro-batches the MILP was solved for
     milp_improved: int = 0  # of those, how many it made faster

@@ -94,7 +94,7 @@ def test_solver_failure_returns_the_greedy_plan(monkeypatch):
 def test_solver_without_solution_returns_the_greedy_plan(monkeypatch):
     real_solve = solvers.solve
 
-    def no_solution(model, solver, time_limit_s, *, warm_start=None, relax=False):
+    def no_solution(model, solver, time_limit_s, *, warm_start=None, relax=False, relative_gap=None):
         if relax:
             return real_solve(model, solver, time_limit_s, relax=True)
         return solvers.SolveResult(solver, "infeasible", None, None, None)
@@ -108,7 +108,7 @@ def test_solver_without_solution_returns_the_greedy_plan(monkeypatch):
 
 
 def test_failed_lp_leaves_the_work_floor_with_the_reason(monkeypatch):
-    def lp_fails(model, solver, time_limit_s, *, warm_start=None, relax=False):
+    def lp_fails(model, solver, time_limit_s, *, warm_start=None, relax=False, relative_gap=None):
         return solvers.SolveResult(solver, "solve error", None, None, None)
 
     monkeypatch.setattr(solvers, "solve", lp_fails)

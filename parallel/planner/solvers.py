@@ -61,22 +61,25 @@ def available(solver: str) -> bool:
 
 
 def solve(model: LinearModel, solver: str, time_limit_s: float, *, warm_start: np.ndarray | None = None,
-          relax: bool = False) -> SolveResult:
+          relax: bool = False, relative_gap: float | None = None) -> SolveResult:
     """relax: drop integrality (the LP relaxation). warm_start: a full column vector handed to the
-    solver as its first incumbent (ignored by the solver if infeasible)."""
+    solver as its first incumbent (ignored by the solver if infeasible). relative_gap: a MILP stops
+    once its incumbent is within this of its dual bound (HiGHS's default 1e-4 when None)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; one of: {', '.join(SOLVERS)}")
     limit = max(0.001, float(time_limit_s))
     if solver == "highs" and highspy is not None:
-        return _solve_highs(model, limit, warm_start, relax)
-    return _solve_cbc(model, limit, warm_start, relax)
+        return _solve_highs(model, limit, warm_start, relax, relative_gap)
+    return _solve_cbc(model, limit, warm_start, relax, relative_gap)
 
 
-def _solve_highs(model: LinearModel, limit: float, warm_start, relax: bool) -> SolveResult:
+def _solve_highs(model: LinearModel, limit: float, warm_start, relax: bool, relative_gap) -> SolveResult:
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", limit)
     h.setOptionValue("threads", 1)
+    if relative_gap is not None:
+        h.setOptionValue("mip_rel_gap", float(relative_gap))
     integrality = (np.zeros(model.num_cols, dtype=np.int32) if relax else model.integer.astype(np.int32))
     status = h.passModel(model.num_cols, model.num_rows, len(model.value), int(highspy.MatrixFormat.kRowwise),
                          int(highspy.ObjSense.kMinimize), 0.0, model.cost, model.col_lower, model.col_upper,
@@ -134,13 +137,14 @@ def pulp_problem(model: LinearModel, relax: bool = False, warm_start=None):
     return prob, xs
 
 
-def _solve_cbc(model: LinearModel, limit: float, warm_start, relax: bool) -> SolveResult:
+def _solve_cbc(model: LinearModel, limit: float, warm_start, relax: bool, relative_gap) -> SolveResult:
     import pulp
 
     prob, xs = pulp_problem(model, relax, warm_start)
     with warnings.catch_warnings():  # pulp 3.3 deprecates the bundled CBC for 4.0
         warnings.simplefilter("ignore", DeprecationWarning)
-        cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, threads=1, warmStart=warm_start is not None and not relax)
+        cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, threads=1, warmStart=warm_start is not None and not relax,
+                                gapRel=relative_gap)
     prob.solve(cmd)
     # pulp reports status "Optimal" when the time limit stopped CBC with a solution: read sol_status
     word = {1: "optimal", 2: "feasible (stopped by time limit)", 0: "no solution found", -1: "infeasible",
@@ -149,4 +153,6 @@ def _solve_cbc(model: LinearModel, limit: float, warm_start, relax: bool) -> Sol
         return SolveResult("cbc", word, None, None, None)
     x = np.asarray([v.value() or 0.0 for v in xs], dtype=np.float64)
     objective = float(model.cost @ x)
-    return SolveResult("cbc", word, x, objective, objective if prob.sol_status == 1 else None)
+    # "optimal" within a relative gap g: the optimum is at least (1 - g) times the solution's value
+    bound = objective * (1 - (relative_gap or 0.0)) if prob.sol_status == 1 and not relax else objective
+    return SolveResult("cbc", word, x, objective, bound if prob.sol_status == 1 else None)

@@ -1,6 +1,8 @@
 """plan_step: the per-step planner. The greedy fast path gives a plan at once. Then, in a worker
-thread and within the hard budget, the LP relaxation of the whole batch gives a lower bound on every
-plan (`batch_bound`), a local search moves long sequences between micro-batches (`split_search`),
+thread and within the hard budget, a model of the whole batch (micro-batch assignment x group sizes,
+a small MILP on HiGHS, its LP relaxation otherwise) gives a lower bound on every plan
+(`batch_bound`) and, rounded, a micro-batch split that is packed and kept where it is faster
+(`lp_rounding`); a local search moves long sequences between micro-batches (`split_search`),
 and a MILP re-solves the micro-batches furthest from their floors exactly
 (small ones: FlexSP's MILP with a bucket per sequence; large ones: a re-pack of their busiest groups,
 `repack_milp`), warm-started from the greedy's packing; a MILP result is kept only where it is faster. The caller
@@ -23,6 +25,7 @@ from parallel.plan import MicroBatchPlan, SequenceParallelPlan, SPGroup
 from parallel.planner import milp, repack_milp, solvers
 from parallel.planner.batch_bound import batch_lower_bound
 from parallel.planner.fast_path import FastPlan, PackedMicroBatch, fast_plan
+from parallel.planner.lp_rounding import round_bound_splits
 from parallel.planner.problem import PlanningProblem, build_problem
 from parallel.planner.split_search import search_splits
 
@@ -66,24 +69,25 @@ class SolverProgress:
     bound_status: str = ""
     solvers_used: set = field(default_factory=set)
     improved: dict = field(default_factory=dict)  # micro-batch index (of `base`) -> PackedMicroBatch
-    base: FastPlan | None = None  # the split the MILPs work on: the greedy's, or the split search's
+    base: FastPlan | None = None  # the split the MILPs work on: the greedy's, LP rounding's or the split search's
+    base_method: str = "greedy"  # who made `base`: "lp-rounding" or "split-search"
     milp_ran: int = 0
     milp_statuses: list = field(default_factory=list)
     stage: str = "starting"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def snapshot(self) -> tuple[float | None, str, dict, int, list, set, str, FastPlan | None]:
+    def snapshot(self) -> tuple[float | None, str, dict, int, list, set, str, FastPlan | None, str]:
         with self.lock:
             return (self.bound_ms, self.bound_status, dict(self.improved), self.milp_ran, list(self.milp_statuses),
-                    set(self.solvers_used), self.stage, self.base)
+                    set(self.solvers_used), self.stage, self.base, self.base_method)
 
 
 def solve_in_shadow(problem: PlanningProblem, plan: FastPlan, cost_model: CostModel, deadline: float, solver: str,
                     gap_tolerance: float, progress: SolverProgress) -> None:
-    """The worker: the batch's LP bound, then the split search (`split_search`), then the MILP on
-    each micro-batch that is more than gap_tolerance above its floor, largest gap first, until the
-    deadline."""
-    progress.stage = "lp bound"
+    """The worker: the batch bound and its rounded splits (`batch_bound`, `lp_rounding`), then the
+    split search (`split_search`), then the MILP on each micro-batch that is more than gap_tolerance
+    above its floor, largest gap first, until the deadline."""
+    progress.stage = "batch bound"
     # the bound may use up to LP_SHARE of the budget; the MILP gets the rest
     lp_deadline = time.perf_counter() + LP_SHARE * (deadline - time.perf_counter())
     bound = batch_lower_bound(problem, plan.total_ms, solver=solver, deadline=lp_deadline)
@@ -91,11 +95,18 @@ def solve_in_shadow(problem: PlanningProblem, plan: FastPlan, cost_model: CostMo
         progress.bound_ms, progress.bound_status = bound.bound_ms, bound.status
         if bound.solver:
             progress.solvers_used.add(bound.solver)
+    progress.stage = "lp rounding"
+    rounded = round_bound_splits(problem, bound.splits, plan, deadline)
+    if rounded is not None:
+        plan = rounded
+        with progress.lock:
+            progress.base, progress.base_method = plan, "lp-rounding"
     progress.stage = "split search"
     searched = search_splits(problem, plan, time.perf_counter() + SEARCH_SHARE * (deadline - time.perf_counter()))
     if searched is not None:
+        plan = searched
         with progress.lock:
-            progress.base = plan = searched
+            progress.base, progress.base_method = plan, "split-search"
     gaps = [mb.span_ms - micro_batch_floor_ms(problem, mb) for mb in plan.micro_batches]
     order = [k for k in sorted(range(len(gaps)), key=lambda k: (-gaps[k], k))
              if gaps[k] > gap_tolerance * plan.micro_batches[k].span_ms]
@@ -161,7 +172,7 @@ def _run_worker(*args):
 class SolverOutcome:
     plan: FastPlan
     bound_ms: float
-    method: str  # "greedy", "split-search" or "milp"
+    method: str  # "greedy", "lp-rounding", "split-search" or "milp": who made the plan's last improvement
     status: str
     late: bool
     milp_ran: int
@@ -189,9 +200,9 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
         late = True
     except Exception as exc:  # noqa: BLE001 - any solver failure leaves the greedy plan
         failure = f"{type(exc).__name__}: {exc}"
-    bound, bound_status, improved, ran, statuses, used, stage, searched = progress.snapshot()
-    if searched is not None:
-        plan = searched
+    bound, bound_status, improved, ran, statuses, used, stage, base, base_method = progress.snapshot()
+    if base is not None:
+        plan = base
     skipped = [s for s in statuses if s.startswith("not started")]
     statuses = [s for s in statuses if not s.startswith("not started")]
     names = "+".join(sorted(used)) or solver
@@ -199,14 +210,14 @@ def improve_with_solver(problem: PlanningProblem, plan: FastPlan, cost_model: Co
     for k, mb in improved.items():
         micro_batches[k] = mb
     total = sum(mb.span_ms + problem.beta for mb in micro_batches)
-    method = "milp" if improved else "split-search" if searched is not None else "greedy"
+    method = "milp" if improved else base_method if base is not None else "greedy"
     parts = []
     if bound is None:
-        parts.append("no lp bound (the work floor stands)")
+        parts.append("no batch bound (the work floor stands)")
     else:
-        parts.append(f"lp bound {bound:.1f} ms ({bound_status})")
-    if searched is not None:
-        parts.append(f"split search moved sequences between micro-batches: {greedy_ms:.1f} -> {plan.total_ms:.1f} ms")
+        parts.append(f"batch bound {bound:.1f} ms ({bound_status})")
+    if base is not None:
+        parts.append(f"micro-batches re-split (last by {base_method}): {greedy_ms:.1f} -> {plan.total_ms:.1f} ms")
     if ran:
         worded = ", ".join(f"{n} {s}" for s, n in Counter(statuses).items())
         parts.append(f"milp ran on {ran} micro-batch(es) [{worded}], improved {len(improved)}")
