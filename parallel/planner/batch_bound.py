@@ -142,34 +142,32 @@ def build_batch_lp(problem: PlanningProblem, micro_batches: int, work_floor_ms: 
         rows.entries(load[digit_size], offered, -digit_value)
         memory = rows.add(len(sizes), -np.inf, 0.0)  # tokens on size d / C - d g[d] <= 0 (in units of C)
         rows.entries(memory[digit_size], digits, -sizes[digit_size] * digit_value)
-        ok = allowed & (times <= reach * (1 + 1e-12))
-        j, d = np.nonzero(ok)
+
+        def place(cols, item, d, cover_rows, item_times, item_lengths, item_counts):
+            """Columns of items (classes or whole sequences) on size index d in this micro-batch:
+            each item once, its time and tokens on its size, and it ends within the span
+            (sum_d T col - count s_k <= 0)."""
+            rows.entries(cover_rows[item], cols, 1.0)
+            rows.entries(load[d], cols, item_times[item, d])
+            rows.entries(rank_time[0], cols, sizes[d] * item_times[item, d])
+            rows.entries(memory[d], cols, item_lengths[item] / cap)
+            here = np.unique(item)
+            ends = rows.add(len(here), -np.inf, 0.0)
+            rows.entries(ends[np.searchsorted(here, item)], cols, item_times[item, d])
+            rows.entries(ends, span[k], -item_counts[here].astype(np.float64))
+
+        j, d = np.nonzero(allowed & (times <= reach * (1 + 1e-12)))
         x = columns.add(j.size, upper=counts[j].astype(np.float64))
         class_columns.append((j, x))
         if j.size:
             placed[j] = True
-            rows.entries(cover[j], x, 1.0)
-            rows.entries(load[d], x, times[j, d])
-            rows.entries(rank_time[0], x, sizes[d] * times[j, d])
-            rows.entries(memory[d], x, lengths[j] / cap)
-            classes_here = np.unique(j)
-            ends = rows.add(len(classes_here), -np.inf, 0.0)  # sum_d T x - n_j s_k <= 0
-            row_of = np.searchsorted(classes_here, j)
-            rows.entries(ends[row_of], x, times[j, d])
-            rows.entries(ends, span[k], -counts[classes_here].astype(np.float64))
+            place(x, j, d, cover, times, lengths, counts)
         i, d = np.nonzero(whole_allowed & (whole_times <= reach * (1 + 1e-12)))
         z = columns.add(i.size, upper=1.0, integer=True)
         whole_columns.append((i, z))
         if i.size:
             whole_placed[i] = True
-            rows.entries(whole_cover[i], z, 1.0)
-            rows.entries(load[d], z, whole_times[i, d])
-            rows.entries(rank_time[0], z, sizes[d] * whole_times[i, d])
-            rows.entries(memory[d], z, problem.lengths[integral[i]] / cap)
-            seqs_here = np.unique(i)
-            ends = rows.add(len(seqs_here), -np.inf, 0.0)  # sum_d T z - s_k <= 0: it runs whole in k
-            rows.entries(ends[np.searchsorted(seqs_here, i)], z, whole_times[i, d])
-            rows.entries(ends, span[k], -1.0)
+            place(z, i, d, whole_cover, whole_times, problem.lengths[integral], np.ones(len(integral)))
             needs = rows.add(i.size, -np.inf, 0.0)  # z - g[d] <= 0: its group exists
             rows.entries(needs, z, 1.0)
             member = digit_size[None, :] == d[:, None]
