@@ -8,6 +8,7 @@ bound (there must be none).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -52,10 +53,12 @@ def main(path: str) -> int:
                 below.append((batch["batch"], name, ms, batch["lp_bound_ms"]))
     bound = sum(b["lp_bound_ms"] for b in data["batches"])
     for name, total in totals.items():
-        print(f"{name:>16}: {total / 1000:9.3f} s  ({100 * (total / bound - 1):.2f}% above the bound)")
-    print(f"{'bound':>16}: {bound / 1000:9.3f} s; plans below their batch's bound: {below or 'none'}")
+        print(f"{name:>16}: {total:12.3f} ms  ({100 * (total / bound - 1):.2f}% above the bound)")
+    print(f"{'bound':>16}: {bound:12.3f} ms; plans below their batch's bound: {below or 'none'}")
     return 1 if below else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("plans", help="a plans file from `hetron plan-bench --plans-out`")
+    sys.exit(main(parser.parse_args().plans))

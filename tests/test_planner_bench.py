@@ -1,12 +1,17 @@
 """`hetron plan-bench` end to end on a small file: table, JSON, plans that an outside check accepts, PNG."""
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from parallel.cost_model import CostModel
 from parallel.plan import SequenceParallelPlan
 from pretrain import cli
+
+REPRICE = Path(__file__).resolve().parents[1] / "benchmarks" / "reprice_plans.py"
 
 
 def write_lengths(path, count=200, seed=0):
@@ -50,6 +55,26 @@ def test_plan_bench_writes_summary_plans_and_gantt(tmp_path, capsys):
             # re-priced from the lengths alone, no plan beats the batch's LP bound
             assert parsed.time_ms(batch["lengths"], cm) >= batch["lp_bound_ms"] * (1 - 1e-12)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the outside check: FlexSP's formula written out in benchmarks/reprice_plans.py, no hetron code
+    proc = subprocess.run([sys.executable, str(REPRICE), str(plans)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "plans below their batch's bound: none" in proc.stdout, proc.stdout + proc.stderr
+    repriced = {line.split(":")[0].strip(): float(line.split(":")[1].split()[0])
+                for line in proc.stdout.splitlines() if line.strip().split(":")[0] in policies}
+    assert repriced == {name: pytest.approx(p["total_ms"], rel=1e-6) for name, p in policies.items()}
+
+
+def test_reprice_refuses_a_plan_that_loses_a_sequence(tmp_path):
+    lengths = tmp_path / "lengths.txt"
+    write_lengths(lengths)
+    plans = tmp_path / "plans.json"
+    assert cli.main(["plan-bench", "--lengths", str(lengths), "--gpus", "8", "--cap", "48000", "--batches", "1",
+                     "--batch-size", "64", "--milp-seconds", "0", "--solver", "none", "--plans-out", str(plans)]) == 0
+    data = json.loads(plans.read_text())
+    groups = data["batches"][0]["plans"]["hetron"]["micro_batches"][0]
+    next(g for g in groups if g["sequences"])["sequences"].pop()
+    plans.write_text(json.dumps(data))
+    proc = subprocess.run([sys.executable, str(REPRICE), str(plans)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "sequences lost" in proc.stderr
 
 
 def test_plan_bench_bad_file_is_one_line_error(tmp_path, capsys):
