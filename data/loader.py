@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from data.sample_store import INDEX_KEY, GlobalBatch, SampleSource, id_only_dataset_class, load_length_index
+from data.streaming_shm import tolerate_unsized_shared_memory
 from pretrain.errors import HetronError
 
 
@@ -53,6 +54,7 @@ def machine_wide_streaming_lock():
 
 
 def open_split(split_dir: Path, *, shuffle: bool, seed: int):
+    tolerate_unsized_shared_memory()
     with machine_wide_streaming_lock():
         return _open_split(split_dir, shuffle=shuffle, seed=seed)
 
@@ -102,6 +104,7 @@ def open_sample_ids(splits: list[str], proportions: list[float] | None, *, shuff
     else:
         streams = [Stream(local=s) for s in splits]
     world = _world_size()
+    tolerate_unsized_shared_memory()
     with machine_wide_streaming_lock():
         try:
             return id_only_dataset_class()(
