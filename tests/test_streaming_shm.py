@@ -44,7 +44,7 @@ ATTACH = textwrap.dedent("""
 
 
 def attach(mode: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", ATTACH, mode], capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-c", ATTACH, mode], check=False, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

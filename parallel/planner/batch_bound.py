@@ -85,6 +85,29 @@ def integral_sequences(problem: PlanningProblem, incumbent_ms: float, limit: int
 
 
 @dataclass(frozen=True)
+class _MicroBatchRows:
+    """One micro-batch's rows that every placement column enters."""
+    load: np.ndarray  # per size: time on it - what its groups offer <= 0
+    rank_time: int
+    memory: np.ndarray  # per size: tokens on it / C - d g[d] <= 0
+    span: int  # the column s_k
+    sizes: np.ndarray
+    capacity: float
+
+    def place(self, rows: RowsBuilder, cols, item, d, cover_rows, item_times, item_lengths, item_counts) -> None:
+        """Columns of items (classes or whole sequences) on size index d: each item once, its time
+        and tokens on its size, and it ends within the span (sum_d T col - count s_k <= 0)."""
+        rows.entries(cover_rows[item], cols, 1.0)
+        rows.entries(self.load[d], cols, item_times[item, d])
+        rows.entries(self.rank_time, cols, self.sizes[d] * item_times[item, d])
+        rows.entries(self.memory[d], cols, item_lengths[item] / self.capacity)
+        here = np.unique(item)
+        ends = rows.add(len(here), -np.inf, 0.0)
+        rows.entries(ends[np.searchsorted(here, item)], cols, item_times[item, d])
+        rows.entries(ends, self.span, -item_counts[here].astype(np.float64))
+
+
+@dataclass(frozen=True)
 class BatchModel:
     """The bound's model and where each sequence's placement columns are, to read a split back."""
     model: LinearModel
@@ -142,32 +165,19 @@ def build_batch_lp(problem: PlanningProblem, micro_batches: int, work_floor_ms: 
         rows.entries(load[digit_size], offered, -digit_value)
         memory = rows.add(len(sizes), -np.inf, 0.0)  # tokens on size d / C - d g[d] <= 0 (in units of C)
         rows.entries(memory[digit_size], digits, -sizes[digit_size] * digit_value)
-
-        def place(cols, item, d, cover_rows, item_times, item_lengths, item_counts):
-            """Columns of items (classes or whole sequences) on size index d in this micro-batch:
-            each item once, its time and tokens on its size, and it ends within the span
-            (sum_d T col - count s_k <= 0)."""
-            rows.entries(cover_rows[item], cols, 1.0)
-            rows.entries(load[d], cols, item_times[item, d])
-            rows.entries(rank_time[0], cols, sizes[d] * item_times[item, d])
-            rows.entries(memory[d], cols, item_lengths[item] / cap)
-            here = np.unique(item)
-            ends = rows.add(len(here), -np.inf, 0.0)
-            rows.entries(ends[np.searchsorted(here, item)], cols, item_times[item, d])
-            rows.entries(ends, span[k], -item_counts[here].astype(np.float64))
-
+        spots = _MicroBatchRows(load, rank_time[0], memory, span[k], sizes, cap)
         j, d = np.nonzero(allowed & (times <= reach * (1 + 1e-12)))
         x = columns.add(j.size, upper=counts[j].astype(np.float64))
         class_columns.append((j, x))
         if j.size:
             placed[j] = True
-            place(x, j, d, cover, times, lengths, counts)
+            spots.place(rows, x, j, d, cover, times, lengths, counts)
         i, d = np.nonzero(whole_allowed & (whole_times <= reach * (1 + 1e-12)))
         z = columns.add(i.size, upper=1.0, integer=True)
         whole_columns.append((i, z))
         if i.size:
             whole_placed[i] = True
-            place(z, i, d, whole_cover, whole_times, problem.lengths[integral], np.ones(len(integral)))
+            spots.place(rows, z, i, d, whole_cover, whole_times, problem.lengths[integral], np.ones(len(integral)))
             needs = rows.add(i.size, -np.inf, 0.0)  # z - g[d] <= 0: its group exists
             rows.entries(needs, z, 1.0)
             member = digit_size[None, :] == d[:, None]
