@@ -42,12 +42,21 @@ def plan_ms(cm: dict, lengths: list[int], plan: dict, ranks: int) -> float:
 
 
 def main(path: str) -> int:
-    data = json.load(open(path))
-    cm, ranks = data["config"]["cost_model"], data["config"]["gpus"]
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+        cm, ranks, batches = data["config"]["cost_model"], data["config"]["gpus"], data["batches"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"reprice_plans: {path} is not a plan-bench plans file ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
     totals, below = {}, []
-    for batch in data["batches"]:
+    for batch in batches:
         for name, plan in batch["plans"].items():
-            ms = plan_ms(cm, batch["lengths"], plan, ranks)
+            try:
+                ms = plan_ms(cm, batch["lengths"], plan, ranks)
+            except AssertionError as exc:
+                print(f"reprice_plans: {path}: batch {batch['batch']}, {name}: invalid plan: {exc}", file=sys.stderr)
+                return 1
             totals[name] = totals.get(name, 0.0) + ms
             if ms < batch["lp_bound_ms"] * (1 - 1e-9):
                 below.append((batch["batch"], name, ms, batch["lp_bound_ms"]))

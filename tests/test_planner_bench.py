@@ -74,7 +74,12 @@ def test_reprice_refuses_a_plan_that_loses_a_sequence(tmp_path):
     next(g for g in groups if g["sequences"])["sequences"].pop()
     plans.write_text(json.dumps(data))
     proc = subprocess.run([sys.executable, str(REPRICE), str(plans)], check=False, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "sequences lost" in proc.stderr
+    assert proc.returncode == 1 and "batch 0, hetron: invalid plan: sequences lost" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    plans.write_text("{not json")
+    proc = subprocess.run([sys.executable, str(REPRICE), str(plans)], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "is not a plan-bench plans file" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_plan_bench_bad_file_is_one_line_error(tmp_path, capsys):

@@ -176,6 +176,20 @@ def test_whole_long_documents_and_group_counts_tighten_the_bound(wikipedia_batch
     assert 0.99 * greedy.total_ms < exact.bound_ms <= greedy.total_ms
 
 
+def test_a_short_budget_solves_the_relaxation_and_a_long_one_the_milp(wikipedia_batches):
+    """Under MILP_MIN_S a MILP cut off within milliseconds bounds nothing: the LP relaxation runs."""
+    import time
+
+    from parallel.planner.batch_bound import MILP_MIN_S
+
+    problem = build_problem(wikipedia_batches[1], 64, CM)
+    greedy = fast_plan(problem)
+    short = batch_lower_bound(problem, greedy.total_ms, deadline=time.perf_counter() + MILP_MIN_S / 3)
+    long = batch_lower_bound(problem, greedy.total_ms, deadline=time.perf_counter() + 30.0)
+    assert short.status.startswith("lp") and long.status.startswith("milp"), (short.status, long.status)
+    assert problem.lower_bound_ms() <= short.bound_ms <= long.bound_ms <= greedy.total_ms
+
+
 def test_the_bound_models_solution_rounds_to_a_faster_split(shared_data):
     """Batch 8 at N = 64: the greedy needs 3 micro-batches (a 67K-token document beside 560K tokens
     of others); the split read from the bound's solution packs into 2 and is >= 5% faster. The split

@@ -56,18 +56,21 @@ class BatchBound:
     splits: tuple[tuple[float, list[np.ndarray]], ...] = ()  # (the model's objective + M beta, split)
 
 
-def classes_of(problem: PlanningProblem, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a kept sequence of each class, its length, how many are in it): a class is the sequences
-    of one length and one allowed size range; `exclude`d sequences are in none."""
+def classes_of(problem: PlanningProblem, exclude: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(a kept sequence of each class, its length, how many are in it, its members): a class is the
+    sequences of one length and one allowed size range; `exclude`d sequences are in none."""
     keep = np.ones(problem.size, dtype=bool)
     if exclude is not None:
         keep[exclude] = False
     positions = np.flatnonzero(keep)
-    keys = np.stack([problem.lengths[positions], problem.lo[positions], problem.hi[positions]], axis=1)
     if positions.size == 0:
-        return positions, problem.lengths[positions], positions
-    _, first, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
-    return positions[first], problem.lengths[positions[first]], counts
+        return positions, problem.lengths[positions], positions, []
+    keys = np.stack([problem.lengths[positions], problem.lo[positions], problem.hi[positions]], axis=1)
+    _, first, inverse, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse.ravel(), kind="stable")
+    members = np.split(positions[order], np.cumsum(counts)[:-1])
+    return positions[first], problem.lengths[positions[first]], counts, members
 
 
 def integral_sequences(problem: PlanningProblem, incumbent_ms: float, limit: int = MAX_INTEGRAL) -> np.ndarray:
@@ -123,7 +126,7 @@ def build_batch_lp(problem: PlanningProblem, micro_batches: int, work_floor_ms: 
     incumbent (some sequence has no place). `integral` sequences get binary placements (a MILP);
     the rest stay fractional by class."""
     integral = np.zeros(0, dtype=np.int64) if integral is None else np.asarray(integral, dtype=np.int64)
-    first, lengths, counts = classes_of(problem, integral)
+    first, lengths, counts, members = classes_of(problem, integral)
     class_columns, whole_columns = [], []
     times = problem.times[first]  # classes x sizes
     sizes = np.asarray(problem.sizes, dtype=np.float64)
@@ -192,18 +195,7 @@ def build_batch_lp(problem: PlanningProblem, micro_batches: int, work_floor_ms: 
         rows.entries(order, span[1:], -1.0)
     floor = rows.add(1, work_floor_ms, np.inf)
     rows.entries(floor[0], span, 1.0)
-    return BatchModel(rows.model(columns), class_members(problem, integral, first), integral, class_columns,
-                      whole_columns)
-
-
-def class_members(problem: PlanningProblem, integral: np.ndarray, first: np.ndarray) -> list[np.ndarray]:
-    keys = {(int(problem.lengths[f]), int(problem.lo[f]), int(problem.hi[f])): c for c, f in enumerate(first)}
-    members: list[list[int]] = [[] for _ in first]
-    skip = set(integral.tolist())
-    for i in range(problem.size):
-        if i not in skip:
-            members[keys[(int(problem.lengths[i]), int(problem.lo[i]), int(problem.hi[i]))]].append(i)
-    return [np.asarray(m, dtype=np.int64) for m in members]
+    return BatchModel(rows.model(columns), members, integral, class_columns, whole_columns)
 
 
 def split_of_solution(built: BatchModel, x: np.ndarray) -> list[np.ndarray]:
@@ -218,16 +210,8 @@ def split_of_solution(built: BatchModel, x: np.ndarray) -> list[np.ndarray]:
     for c, members in enumerate(built.class_members):
         share = np.clip(counts[c], 0.0, None)
         whole = np.floor(share + 1e-9).astype(np.int64)
-        short = len(members) - int(whole.sum())
-        if short > 0:
-            whole[np.lexsort((np.arange(m), -(share - whole)))[:short]] += 1
-        elif short < 0:  # rounding gave too many: take them back from the smallest remainders
-            for k in np.lexsort((np.arange(m), share - whole)):
-                take = min(-short, int(whole[k]))
-                whole[k] -= take
-                short += take
-                if short == 0:
-                    break
+        short = len(members) - int(whole.sum())  # rounding down left these out: largest remainders take them
+        whole[np.lexsort((np.arange(m), -(share - whole)))[:max(short, 0)]] += 1
         start = 0
         for k in range(m):
             out[k] += members[start:start + whole[k]].tolist()

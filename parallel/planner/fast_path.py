@@ -49,6 +49,17 @@ def pack(problem: PlanningProblem, members: np.ndarray, min_open: int = 0,
     return PackedMicroBatch(tuple(members.tolist()), groups, float(span))
 
 
+def pack_split(problem: PlanningProblem, chunks, name: str) -> FastPlan | None:
+    """Each chunk packed as one micro-batch, or None if one of them cannot be packed."""
+    packed = []
+    for chunk in chunks:
+        mb = pack(problem, np.asarray(chunk, dtype=np.int64))
+        if mb is None:
+            return None
+        packed.append(mb)
+    return FastPlan(tuple(packed), sum(mb.span_ms + problem.beta for mb in packed), name)
+
+
 def grouped(members: np.ndarray, assign: np.ndarray, sizes_idx) -> tuple[tuple[int, tuple[int, ...]], ...]:
     """(size index, members) per group from each member's group number."""
     ordered = members[np.argsort(assign, kind="stable")].tolist()
@@ -171,16 +182,9 @@ def fast_plan(problem: PlanningProblem) -> FastPlan:
                              ("area-lpt", area_lpt_split(problem, area, m))):
             if chunks is None:
                 continue
-            packed = []
-            for chunk in chunks:
-                mb = pack(problem, chunk)
-                if mb is None:
-                    break
-                packed.append(mb)
-            else:
-                total = sum(mb.span_ms + problem.beta for mb in packed)
-                if best is None or total < best.total_ms:
-                    best = FastPlan(tuple(packed), total, name)
+            plan = pack_split(problem, chunks, name)
+            if plan is not None and (best is None or plan.total_ms < best.total_ms):
+                best = plan
     if best is None:
         # every sequence fits alone on the largest allowed group, so one per micro-batch always works
         packed = [pack(problem, np.asarray([i])) for i in range(n)]

@@ -9,20 +9,15 @@ import time
 
 import numpy as np
 
-from parallel.planner.fast_path import FastPlan, PackedMicroBatch, pack, polish
+from parallel.planner.fast_path import FastPlan, pack_split, polish
 from parallel.planner.problem import PlanningProblem
 
 
 def plan_of_split(problem: PlanningProblem, split: list[np.ndarray]) -> FastPlan | None:
     """The split's micro-batches packed and polished, or None if one of them cannot be packed (the
     model's memory rows count tokens per group size, not per group, so a rounded split may not fit)."""
-    packed: list[PackedMicroBatch] = []
-    for members in split:
-        mb = pack(problem, np.asarray(members, dtype=np.int64))
-        if mb is None:
-            return None
-        packed.append(mb)
-    return polish(problem, FastPlan(tuple(packed), sum(mb.span_ms + problem.beta for mb in packed), "lp-rounding"))
+    plan = pack_split(problem, split, "lp-rounding")
+    return None if plan is None else polish(problem, plan)
 
 
 def round_bound_splits(problem: PlanningProblem, splits, incumbent: FastPlan,
